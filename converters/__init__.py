@@ -1,0 +1,1 @@
+"""One package per model family; the harness discovers them by folder name."""

@@ -1,0 +1,249 @@
+"""Forward pass of Megatron-LM's legacy GPT model, as NeMo 1.x trained and saved GPT-SW3.
+
+Mirrors NVIDIA/Megatron-LM @ fd443f26abb03643c6f812a79a020e622054c749 (the last commit with
+`megatron/legacy/model/`): `gpt_model.py`, `language_model.py`, `transformer.py`, `fused_softmax.py`,
+`fused_bias_gelu.py` and `utils.py`, with tensor and pipeline parallel size 1, eval mode (dropout off) and the
+causal mask of `megatron/training/utils.py::get_ltor_masks_and_position_ids`. Config names are NeMo's
+(NVIDIA/NeMo @ 4a566310, `examples/nlp/language_modeling/conf/megatron_gpt_config.yaml`, `model:` section).
+
+Activations keep Megatron's sequence-first layout `[s, b, h]` so each step reads against upstream. Weights are
+the Lightning state dict as stored (`model.language_model.…`); `*._extra_state` entries are never read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["forward"]
+
+PREFIX = "model.language_model."
+
+
+def forward(
+    tensors: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    tokens: torch.Tensor,
+    *,
+    hidden_states: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """Mirror `GPTModel.forward` (legacy/model/gpt_model.py) with `post_process=True`, `parallel_output=False`.
+
+    Returns float32 logits `[B, T, padded_vocab]`: Megatron scores every row of the padded word embedding
+    (legacy/model/language_model.py L369); callers slice to the tokenizer's real vocab. With `hidden_states`
+    also returns `num_layers + 1` float32 tensors `[B, T, h]`: the embedding output, then each layer's output.
+    """
+    _check(config)
+    s = tokens.shape[1]
+    mask = get_ltor_masks(s, tokens.device)
+    hidden = Embedding(tensors, tokens)  # (s, b, h)
+    states = [hidden]
+    for i in range(config["num_layers"]):
+        # ParallelTransformer numbers its layers from 1 (transformer.py build_layer(i + 1 + offset)).
+        p = _layer_weights(tensors, i)
+        hidden = ParallelTransformerLayer(hidden, p, mask, config, layer_number=i + 1)
+        states.append(hidden)
+    eps = config["layernorm_epsilon"]
+    hidden = LayerNorm(hidden, tensors[PREFIX + "encoder.final_layernorm.weight"],
+                       tensors[PREFIX + "encoder.final_layernorm.bias"], eps)
+    # Tied output: the word embedding is the output layer, no bias (gpt_model.py L55, L92).
+    logits = parallel_lm_logits(hidden, tensors[PREFIX + "embedding.word_embeddings.weight"])  # (s, b, V)
+    logits = logits.transpose(0, 1).contiguous().float()  # (b, s, V)
+    if not hidden_states:
+        return logits
+    return logits, [h.transpose(0, 1).float() for h in states]  # each (b, s, h)
+
+
+def get_ltor_masks(s: int, device: torch.device) -> torch.Tensor:
+    """Mirror `get_ltor_masks_and_position_ids` (training/utils.py) without resets: True marks a masked key."""
+    ones = torch.ones(1, 1, s, s, device=device)  # (1, 1, sq, sk)
+    return torch.tril(ones) < 0.5
+
+
+def Embedding(tensors: Mapping[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """Mirror `Embedding.forward` (legacy/model/language_model.py): word + learned absolute position."""
+    position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)  # (1, s)
+    words = F.embedding(tokens, tensors[PREFIX + "embedding.word_embeddings.weight"])  # (b, s, h)
+    positions = F.embedding(position_ids, tensors[PREFIX + "embedding.position_embeddings.weight"])  # (1, s, h)
+    embeddings = words + positions
+    return embeddings.transpose(0, 1).contiguous()  # (s, b, h)
+
+
+def LayerNorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """Mirror `MixedFusedLayerNorm.forward` (legacy/model/fused_layer_norm.py), i.e. apex's affine LayerNorm."""
+    return F.layer_norm(x, weight.shape, weight, bias, eps)
+
+
+def ParallelLinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirror `ColumnParallelLinear` / `RowParallelLinear` at TP=1: `x @ Wᵀ (+ b)`, weight `[out, in]`.
+
+    With `skip_bias_add=True` upstream returns the bias instead of adding it; callers then pass `bias=None`
+    and add it where Megatron does (`bias_gelu`, `bias_dropout_add`).
+    """
+    out = torch.matmul(x, weight.t())
+    return out if bias is None else out + bias
+
+
+def ParallelTransformerLayer(
+    hidden: torch.Tensor, p: Mapping[str, torch.Tensor], mask: torch.Tensor, config: Mapping[str, Any],
+    layer_number: int,
+) -> torch.Tensor:
+    """Mirror `ParallelTransformerLayer.forward` (legacy/model/transformer.py): pre-LN, residual on the input."""
+    eps = config["layernorm_epsilon"]
+    norm_output = LayerNorm(hidden, p["input_layernorm.weight"], p["input_layernorm.bias"], eps)
+    attention_output, attention_bias = ParallelAttention(norm_output, p, mask, config, layer_number)
+    # apply_residual_connection_post_layernorm is False in NeMo GPT: the residual is the layer input.
+    norm_input = bias_dropout_add(attention_output, attention_bias, hidden)
+    norm_output = LayerNorm(norm_input, p["post_attention_layernorm.weight"],
+                            p["post_attention_layernorm.bias"], eps)
+    mlp_output, mlp_bias = ParallelMLP(norm_output, p, config)
+    return bias_dropout_add(mlp_output, mlp_bias, norm_input)
+
+
+def bias_dropout_add(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Mirror `bias_dropout_add` (legacy/model/transformer.py) in eval mode: `residual + (x + bias)`."""
+    return residual + (x + bias)
+
+
+def ParallelAttention(
+    hidden: torch.Tensor, p: Mapping[str, torch.Tensor], mask: torch.Tensor, config: Mapping[str, Any],
+    layer_number: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror `ParallelAttention.forward` (legacy/model/transformer.py) for self-attention, no GQA.
+
+    The fused QKV rows are grouped per head, `[np, 3 (q, k, v), hn]` (the `[sq, b, ng, (np/ng + 2) * hn]` view
+    with ng = np). Returns the dense output and its bias separately (`skip_bias_add=True`).
+    """
+    np_ = config["num_attention_heads"]
+    hn = config.get("kv_channels") or config["hidden_size"] // np_
+    mixed = ParallelLinear(hidden, p["self_attention.query_key_value.weight"],
+                           p["self_attention.query_key_value.bias"])  # (s, b, np * 3 * hn)
+    mixed = mixed.view(*mixed.shape[:-1], np_, 3 * hn)  # (s, b, np, 3 * hn)
+    q, k, v = torch.split(mixed, [hn, hn, hn], dim=3)  # each (s, b, np, hn)
+    context = CoreAttention(q, k, v, mask, layer_number, config.get("apply_query_key_layer_scaling", True))
+    return ParallelLinear(context, p["self_attention.dense.weight"]), p["self_attention.dense.bias"]
+
+
+def CoreAttention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, layer_number: int,
+    apply_query_key_layer_scaling: bool,
+) -> torch.Tensor:
+    """Mirror `CoreAttention.forward` (legacy/model/transformer.py): scaled scores, masked softmax, context.
+
+    With query-key layer scaling the scores are first divided by `sqrt(hn) * layer_number` inside `baddbmm`,
+    then multiplied back by `layer_number` in the fp32 softmax: the net function is `softmax(QKᵀ / sqrt(hn))`.
+    """
+    sq, b, np_, hn = q.shape
+    sk = k.shape[0]
+    norm_factor = math.sqrt(hn)
+    coeff = None
+    if apply_query_key_layer_scaling:
+        coeff = layer_number
+        norm_factor *= coeff
+    q = q.reshape(sq, b * np_, hn)  # (sq, b * np, hn)
+    k = k.reshape(sk, b * np_, hn)  # (sk, b * np, hn)
+    # Upstream's matmul_input_buffer: its contents are ignored because beta is 0.
+    buffer = torch.empty(b * np_, sq, sk, dtype=q.dtype, device=q.device)
+    scores = torch.baddbmm(buffer, q.transpose(0, 1), k.transpose(0, 1).transpose(1, 2),
+                           beta=0.0, alpha=1.0 / norm_factor)  # (b * np, sq, sk)
+    scores = scores.view(b, np_, sq, sk)  # (b, np, sq, sk)
+    probs = FusedScaleMaskSoftmax(scores, mask, coeff)
+    probs = probs.view(b * np_, sq, sk)  # (b * np, sq, sk)
+    v = v.reshape(sk, b * np_, hn)  # (sk, b * np, hn)
+    context = torch.bmm(probs, v.transpose(0, 1))  # (b * np, sq, hn)
+    context = context.view(b, np_, sq, hn).permute(2, 0, 1, 3).contiguous()  # (sq, b, np, hn)
+    return context.view(sq, b, np_ * hn)  # (sq, b, np * hn)
+
+
+def FusedScaleMaskSoftmax(scores: torch.Tensor, mask: torch.Tensor, scale: int | None) -> torch.Tensor:
+    """Mirror `FusedScaleMaskSoftmax.forward_torch_softmax` (legacy/model/fused_softmax.py), softmax in fp32.
+
+    `attention_softmax_in_fp32` is forced on by query-key layer scaling (transformer.py CoreAttention) and set
+    by NeMo otherwise; half inputs are upcast, scaled, masked, normalised and cast back.
+    """
+    dtype = scores.dtype
+    x = scores.float()
+    if scale is not None:
+        x = x * scale
+    x = attention_mask_func(x, mask)
+    return torch.softmax(x, dim=-1).to(dtype)
+
+
+def attention_mask_func(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror `attention_mask_func` (legacy/model/utils.py): masked scores become -10000.0, not -inf."""
+    return scores.masked_fill(mask, -10000.0)
+
+
+def ParallelMLP(
+    hidden: torch.Tensor, p: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror `ParallelMLP.forward` (legacy/model/transformer.py): h -> ffn -> GELU -> h.
+
+    The activation is chosen as in `ParallelMLP.__init__`: `openai_gelu` first, then `onnx_safe`, then the
+    bias-GELU fusion, which NeMo turns on by default (`cfg.get('bias_activation_fusion', True)`) and which is
+    the tanh approximation, not exact erf GELU.
+    """
+    intermediate = ParallelLinear(hidden, p["mlp.dense_h_to_4h.weight"])  # (s, b, ffn)
+    bias = p["mlp.dense_h_to_4h.bias"]
+    if config.get("openai_gelu", False):
+        intermediate = openai_gelu(intermediate + bias)
+    elif config.get("onnx_safe", False):
+        intermediate = erf_gelu(intermediate + bias)
+    elif config.get("bias_activation_fusion", True):
+        intermediate = bias_gelu(bias, intermediate)
+    else:
+        intermediate = F.gelu(intermediate + bias)
+    return ParallelLinear(intermediate, p["mlp.dense_4h_to_h.weight"]), p["mlp.dense_4h_to_h.bias"]
+
+
+def bias_gelu(bias: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mirror `bias_gelu` (legacy/model/fused_bias_gelu.py): tanh GELU with sqrt(2/pi) rounded to 0.79788456."""
+    x = bias + y
+    return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+
+
+def openai_gelu(x: torch.Tensor) -> torch.Tensor:
+    """Mirror `openai_gelu` / `gelu_impl` (legacy/model/utils.py): tanh GELU, sqrt(2/pi) = 0.7978845608028654."""
+    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
+
+
+def erf_gelu(x: torch.Tensor) -> torch.Tensor:
+    """Mirror `erf_gelu` (legacy/model/utils.py): erf GELU whose 1.41421 is not exactly sqrt(2)."""
+    return x * 0.5 * (torch.erf(x / 1.41421).to(x.dtype) + torch.ones_like(x))
+
+
+def parallel_lm_logits(hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+    """Mirror `parallel_lm_logits` (legacy/model/language_model.py) at TP=1 with `bias=None`."""
+    return torch.matmul(hidden, word_embeddings.t())  # (s, b, padded_vocab)
+
+
+def _layer_weights(tensors: Mapping[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Strip `model.language_model.encoder.layers.{i}.` from that layer's keys; `_extra_state` is skipped."""
+    prefix = f"{PREFIX}encoder.layers.{i}."
+    return {k[len(prefix):]: v for k, v in tensors.items()
+            if k.startswith(prefix) and not k.endswith("._extra_state")}
+
+
+# NeMo cfg values this forward pass implements (each is also the NeMo default); others change the architecture.
+_SUPPORTED = {
+    "normalization": "layernorm",
+    "position_embedding_type": "learned_absolute",
+    "transformer_block_type": "pre_ln",
+    "activation": "gelu",
+    "bias": True,
+    "share_embeddings_and_output_weights": True,
+    "normalize_attention_scores": True,  # NeMo-only switch; legacy Megatron always divides by sqrt(hn)
+    "headscale": False,  # NeMo-only switch; legacy Megatron has no head scaling
+}
+
+
+def _check(config: Mapping[str, Any]) -> None:
+    """Reject NeMo cfg values that legacy Megatron GPT (and therefore this mirror) does not compute."""
+    bad = {k: config[k] for k, want in _SUPPORTED.items() if config.get(k, want) != want}
+    if bad:
+        raise ValueError(f"gpt_sw3 reference computes only {_SUPPORTED}; found {bad} in the NeMo cfg. "
+                         "Such a checkpoint needs its own reference forward pass.")

@@ -1,0 +1,97 @@
+"""Mixtral: Mistral's ``params.json`` + ``consolidated.*`` -> transformers ``MixtralForCausalLM``.
+
+Mirrors mistral-inference ``moe_one_file_ref.py`` @ 26a52a14 (line numbers below). The output uses the
+per-expert Hub key layout (``block_sparse_moe.experts.E.w1.weight``), which transformers 4.x loads as is and
+5.x fuses on load (``conversion_mapping.py``, "mixtral").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.config_map import ConfigMap, Field
+from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.keymap import KeyMap
+from harness.rules import Rename, Rotary, Unstack
+
+from converters.mixtral.source import shapes
+
+__all__ = ["CONFIG", "KEYS", "convert", "invert"]
+
+CONFIG = ConfigMap(
+    [
+        Field("dim", "hidden_size"),
+        Field("n_layers", "num_hidden_layers"),
+        Field("head_dim", "head_dim"),  # independent of dim (L94-97); transformers' default dim/heads is wrong
+        Field("hidden_dim", "intermediate_size"),
+        Field("n_heads", "num_attention_heads"),
+        Field("n_kv_heads", "num_key_value_heads"),
+        Field("norm_eps", "rms_norm_eps"),
+        Field("vocab_size", "vocab_size"),
+        Field("moe.num_experts", "num_local_experts"),
+        Field("moe.num_experts_per_tok", "num_experts_per_tok"),
+        # L312 `self.args.rope_theta or 1000000.0`: absent or null means 1e6 (the 8x7B params.json has none).
+        Field("rope_theta", "rope_theta", default=1e6, to_target=lambda v, c: float(v or 1e6)),
+    ],
+    fixed={
+        "model_type": "mixtral",
+        "architectures": ["MixtralForCausalLM"],
+        "hidden_act": "silu",  # SwiGLU experts, exact SiLU (L179-187)
+        "tie_word_embeddings": False,  # `output` is its own Linear (L288)
+        "sliding_window": None,  # the reference attends over the whole causal prefix (L337-345)
+        "max_position_embeddings": 32768,  # unused by default rope; Mixtral's context length
+        "router_jitter_noise": 0.0,
+    },
+    ignored={"sliding_window": "the one-file reference implements no sliding window (Mixtral uses none)"},
+    name="params.json",
+)
+
+_COMMON = [
+    Rename("tok_embeddings.weight", "model.embed_tokens.weight"),
+    # Upstream rotates interleaved pairs (L69-79); transformers rotates halves: permute q/k rows per head.
+    Rotary("layers.{layer}.attention.wq.weight", "model.layers.{layer}.self_attn.q_proj.weight", heads="n_heads"),
+    Rotary("layers.{layer}.attention.wk.weight", "model.layers.{layer}.self_attn.k_proj.weight", heads="n_kv_heads"),
+    Rename("layers.{layer}.attention.wv.weight", "model.layers.{layer}.self_attn.v_proj.weight"),
+    Rename("layers.{layer}.attention.wo.weight", "model.layers.{layer}.self_attn.o_proj.weight"),
+    Rename("layers.{layer}.attention_norm.weight", "model.layers.{layer}.input_layernorm.weight"),
+    Rename("layers.{layer}.ffn_norm.weight", "model.layers.{layer}.post_attention_layernorm.weight"),
+    Rename("norm.weight", "model.norm.weight"),
+    Rename("output.weight", "lm_head.weight"),
+]
+_MOE = "model.layers.{layer}.block_sparse_moe"
+_RANGES = {"layer": "n_layers", "expert": "n_experts"}
+
+
+def _dims(c: dict[str, Any]) -> dict[str, int]:
+    return {"n_layers": c["n_layers"], "n_heads": c["n_heads"], "n_kv_heads": c["n_kv_heads"],
+            "head_dim": c["head_dim"], "n_experts": c["moe.num_experts"]}
+
+
+KEYS = {
+    # Per-expert keys, as upstream's module tree names them (w1 = gate_proj, w3 = up_proj, w2 = down_proj).
+    "experts": KeyMap(_COMMON + [
+        Rename("layers.{layer}.feed_forward.gate.weight", f"{_MOE}.gate.weight"),
+        Rename("layers.{layer}.feed_forward.experts.{expert}.w1.weight", f"{_MOE}.experts.{{expert}}.w1.weight"),
+        Rename("layers.{layer}.feed_forward.experts.{expert}.w2.weight", f"{_MOE}.experts.{{expert}}.w2.weight"),
+        Rename("layers.{layer}.feed_forward.experts.{expert}.w3.weight", f"{_MOE}.experts.{{expert}}.w3.weight"),
+    ], _RANGES, _dims),
+    # Hub consolidated.0N.pt: experts stacked by rows, no `.weight` suffix; row block e of w2 is w2_e transposed.
+    "fused": KeyMap(_COMMON + [
+        Rename("layers.{layer}.block_sparse_moe.gate.weight", f"{_MOE}.gate.weight"),
+        Unstack("layers.{layer}.block_sparse_moe.w1", f"{_MOE}.experts.{{expert}}.w1.weight"),
+        Unstack("layers.{layer}.block_sparse_moe.w2", f"{_MOE}.experts.{{expert}}.w2.weight", transpose_blocks=True),
+        Unstack("layers.{layer}.block_sparse_moe.w3", f"{_MOE}.experts.{{expert}}.w3.weight"),
+    ], _RANGES, _dims),
+}
+
+
+def convert(source: SourceCheckpoint) -> Converted:
+    """Config and tensor stream for ``MixtralForCausalLM``; the ledger checks keys and shapes first."""
+    layout = source.layout if source.layout in KEYS else "experts"
+    expected = shapes(CONFIG.to_source(CONFIG.to_target(source.config)), layout)  # defaults filled in
+    return convert_with(source, CONFIG, KEYS[layout], expected)
+
+
+def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
+    """A transformers Mixtral state dict (per-expert keys) back to Mistral's per-expert layout."""
+    return invert_with(config, tensors, CONFIG, KEYS["experts"], layout="experts")

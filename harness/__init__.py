@@ -1,0 +1,1 @@
+"""convparity's shared machinery: registry, safe I/O, key ledger, writer, parity, CLI."""

@@ -1,0 +1,73 @@
+"""``convparity check``: every case of every family, round-tripped through disk and held to parity.
+
+Per case: the tiny random source is written in its upstream layout, read back, converted, written as a
+transformers directory, loaded with ``from_pretrained`` and compared with the reference on each device and
+dtype. CUDA cells are reported as skipped, with the reason, where no GPU exists.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.conversion import SourceCheckpoint
+from harness.parity import ParityResult, cuda_skip_reason, load_converted, make_tokens, run_parity
+from harness.registry import Case, Family
+from harness.runner import write_converted
+
+__all__ = ["DEFAULT_DTYPES", "RoundTrip", "check_family", "round_trip"]
+
+DEFAULT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class RoundTrip:
+    """A case after the disk round trip: the source as read back and the converted directory."""
+
+    case: str
+    source: SourceCheckpoint
+    model_dir: Path
+    vocab_size: int
+
+
+def round_trip(family: Family, case_name: str, case: Case, workdir: Path, seed: int = 0) -> RoundTrip:
+    """Write the case's tiny source to disk, read it back, convert it into ``workdir/<case>/hf``."""
+    source_dir, model_dir = workdir / case_name / "source", workdir / case_name / "hf"
+    family.write(family.tiny(seed, layout=case.layout, **case.config), source_dir, container=case.container)
+    source = family.read(source_dir)
+    converted = family.convert(source)
+    write_converted(converted, model_dir)
+    return RoundTrip(case_name, source, model_dir, int(converted.config["vocab_size"]))
+
+
+def check_family(family: Family, devices: Iterable[str], dtypes: Iterable[str],
+                 cases: Iterable[str] | None = None,
+                 on_result: Callable[[ParityResult], None] | None = None) -> list[ParityResult]:
+    """The parity matrix for one family: cases x devices x dtypes."""
+    results = []
+    names = list(cases) if cases is not None else list(family.CASES)
+    with _workdir() as workdir:
+        for name in names:
+            rt = round_trip(family, name, family.CASES[name], workdir)
+            tokens = make_tokens(rt.vocab_size)
+            for device in devices:
+                skip = cuda_skip_reason() if device.startswith("cuda") else None
+                for dtype in dtypes:
+                    if skip:
+                        result = ParityResult(family.name, name, device, dtype, skipped=skip)
+                    else:
+                        model = load_converted(rt.model_dir, device, dtype)
+                        result = run_parity(family, name, rt.source, model, device, dtype, tokens)
+                    results.append(result)
+                    if on_result is not None:
+                        on_result(result)
+    return results
+
+
+@contextmanager
+def _workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="convparity-") as d:
+        yield Path(d)

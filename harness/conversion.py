@@ -1,0 +1,95 @@
+"""What flows between source, converter and writer: checkpoints and converted streams of named tensors.
+
+``convert_with`` and ``invert_with`` drive a family's two tables; families call them from their own
+``convert``/``invert`` so that the harness never needs family-specific code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.config_map import ConfigMap
+from harness.keymap import KeyMap, Step
+from harness.tensor_store import TensorStore
+
+__all__ = ["Converted", "SourceCheckpoint", "TensorSpec", "convert_with", "invert_with"]
+
+
+@dataclass
+class SourceCheckpoint:
+    """A checkpoint in its upstream format: hyper-parameters in upstream names and lazy tensors.
+
+    ``layout`` names the key layout when a family has several (Mixtral: ``experts`` or ``fused``).
+    """
+
+    config: dict[str, Any]
+    tensors: TensorStore
+    layout: str = "default"
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what reading had to decide (shown to the user)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Converted:
+    """A transformers config plus the recipe for every output tensor, each produced on demand.
+
+    ``tensors()`` is the stream a writer consumes (and a planted bug may intercept); ``plan()`` gives every
+    output's name, shape and dtype without reading data, by running the same steps on the meta device.
+    """
+
+    config: dict[str, Any]
+    steps: list[Step]
+    source: TensorStore
+    dims: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for step in self.steps:
+            outputs = step.run([self.source[k] for k in step.sources], self.dims)
+            yield from zip(step.targets, outputs, strict=True)
+
+    def plan(self) -> list[TensorSpec]:
+        specs = []
+        for step in self.steps:
+            metas = [self.source.meta(k) for k in step.sources]
+            inputs = [torch.empty(shape, dtype=dtype, device="meta") for shape, dtype in metas]
+            for name, out in zip(step.targets, step.run(inputs, self.dims), strict=True):
+                specs.append(TensorSpec(name, tuple(out.shape), out.dtype))
+        return specs
+
+
+def convert_with(source: SourceCheckpoint, config_map: ConfigMap, key_map: KeyMap,
+                 expected_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Converted:
+    """Map a source checkpoint through a family's config table and key table, checking the ledger."""
+    hf_config = config_map.to_target(source.config)
+    dims = key_map.dims(config_map.complete(source.config))
+    shapes = {k: source.tensors.meta(k)[0] for k in source.tensors}
+    steps = key_map.plan(source.tensors.keys(), dims, expected_shapes, shapes)
+    return Converted(hf_config, steps, source.tensors, dims, list(source.notes))
+
+
+def invert_with(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], config_map: ConfigMap,
+                key_map: KeyMap, layout: str = "default") -> SourceCheckpoint:
+    """Walk both tables backwards: a transformers config and state dict -> an upstream checkpoint."""
+    source_config = config_map.to_source(config)
+    dims = key_map.dims(config_map.complete(source_config))
+    return SourceCheckpoint(source_config, TensorStore.from_dict(key_map.invert(tensors, dims)), layout)

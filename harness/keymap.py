@@ -1,0 +1,136 @@
+"""A family's key table expanded over a concrete model, with the key ledger that guards it.
+
+Expansion enumerates every binding of the placeholders (``layer`` over ``range(n_layers)``, ...), so the
+table says exactly which keys a checkpoint must hold. The ledger then demands that every source tensor is
+consumed by a rule or dropped with a reason, every rule matched, no rule half-matched (missing keys), and
+every target produced once. Violations are reported together, naming the keys.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from typing import Any
+
+import torch
+
+from harness.errors import ConversionError
+from harness.rules import Dims, Drop, Rule, RuleLike, Tie
+
+__all__ = ["KeyMap", "LedgerError", "Step"]
+
+Range = str | Callable[[Dims], Iterable[int]]
+
+
+class LedgerError(ConversionError):
+    """The source tensors and the key table disagree."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rule applied to one binding: these source keys become those target keys."""
+
+    rule: Rule
+    binding: tuple[tuple[str, int], ...]
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+
+    def run(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        out = self.rule.forward(tensors, dims)
+        if len(out) != len(self.targets):
+            raise RuntimeError(f"{self.rule!r} produced {len(out)} tensors for {len(self.targets)} targets")
+        return out
+
+
+class KeyMap:
+    """The declarative key table of one family.
+
+    >>> from harness.rules import Rename
+    >>> km = KeyMap([Rename("layers.{layer}.w", "model.layers.{layer}.w")], ranges={"layer": "n_layers"})
+    >>> [s.targets for s in km.plan(["layers.0.w", "layers.1.w"], {"n_layers": 2})]
+    [('model.layers.0.w',), ('model.layers.1.w',)]
+    """
+
+    def __init__(self, rules: Sequence[RuleLike], ranges: Mapping[str, Range] | None = None,
+                 dims: Callable[[Mapping[str, Any]], dict[str, int]] = dict) -> None:
+        self.dims = dims  # source config -> the sizes that rules and ranges name
+        self.rules = [r for r in rules if isinstance(r, Rule)]
+        self.drops = [r for r in rules if isinstance(r, Drop)]
+        self.ties = [r for r in rules if isinstance(r, Tie)]
+        self.ranges = dict(ranges or {})
+        unknown = set().union(*(r.placeholders for r in self.rules)) - set(self.ranges)
+        if unknown:
+            raise ValueError(f"placeholders {sorted(unknown)} have no range; add them to ranges=")
+
+    def steps(self, dims: Dims) -> list[Step]:
+        """Every step of the table for a model of these dims, block by block."""
+        steps = [
+            Step(rule, tuple(sorted(binding.items())), tuple(p.format(binding) for p in rule.sources),
+                 tuple(rule.target_keys(binding, dims)))
+            for rule in self.rules for binding in self._bindings(rule, dims)
+        ]
+        # Order block-major (all of layer 0, then layer 1) so that a shard holds whole blocks.
+        return sorted(steps, key=lambda s: tuple(v for _, v in s.binding))
+
+    def plan(self, keys: Iterable[str], dims: Dims,
+             expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+             shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[Step]:
+        """The steps that convert a checkpoint holding ``keys``; raises LedgerError on any violation."""
+        present = set(keys)
+        all_steps = self.steps(dims)
+        problems: dict[str, list[str]] = {}
+        active = [s for s in all_steps if all(k in present for k in s.sources)]
+        matched_rules = {id(s.rule) for s in active}
+        problems["unused rules"] = [repr(r) for r in self.rules if id(r) not in matched_rules]
+        problems["missing in source"] = [k for s in all_steps if id(s.rule) in matched_rules
+                                         for k in s.sources if k not in present]
+        consumed = {k for s in active for k in s.sources}
+        leftover = present - consumed
+        dropped = {k for k in leftover if any(d.regex.match(k) for d in self.drops)}
+        problems["unused rules"] += [repr(d) for d in self.drops
+                                     if not d.optional and not any(d.regex.match(k) for k in present)]
+        problems["unmatched in source"] = sorted(leftover - dropped)
+        produced = Counter(t for s in active for t in s.targets) + Counter(t.target for t in self.ties)
+        problems["produced twice"] = [k for k, n in produced.items() if n > 1]
+        if expected_shapes is not None and shapes is not None:
+            problems["mis-shaped"] = [f"{k} is {tuple(shapes[k])}, expected {tuple(expected_shapes[k])}"
+                                      for k in sorted(consumed)
+                                      if k in expected_shapes and tuple(shapes[k]) != tuple(expected_shapes[k])]
+        _raise_if_any(problems)
+        return active
+
+    def invert(self, tensors: Mapping[str, torch.Tensor], dims: Dims) -> dict[str, torch.Tensor]:
+        """Walk the table backwards: target tensors -> source tensors (dropped tensors are not recreated)."""
+        out: dict[str, torch.Tensor] = {}
+        for step in self.steps(dims):
+            missing = [t for t in step.targets if t not in tensors]
+            if missing:
+                raise LedgerError(f"cannot invert: missing target tensors {missing[:5]}")
+            for key, tensor in zip(step.sources, step.rule.inverse([tensors[t] for t in step.targets], dims),
+                                   strict=True):
+                out[key] = tensor.contiguous()
+        return out
+
+    def _bindings(self, rule: Rule, dims: Dims) -> Iterator[dict[str, int]]:
+        names = sorted(rule.placeholders)
+        spans = [self._span(n, dims) for n in names]
+        for values in itertools.product(*spans):
+            yield dict(zip(names, values, strict=True))
+
+    def _span(self, name: str, dims: Dims) -> Iterable[int]:
+        spec = self.ranges[name]
+        return range(dims[spec]) if isinstance(spec, str) else spec(dims)
+
+
+def _raise_if_any(problems: dict[str, list[str]]) -> None:
+    parts = []
+    for heading, keys in problems.items():
+        if keys:
+            keys = sorted(set(keys))
+            shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+            parts.append(f"{heading}: {shown}")
+    if parts:
+        raise LedgerError("key ledger: " + "; ".join(parts))

@@ -1,0 +1,182 @@
+"""Declarative key-map rules: one line per source -> target mapping, read forwards and backwards.
+
+A pattern names its indices: ``layers.{layer}.attention.wq.weight``; ``{layer+1}`` shifts the index in the
+key (mixformer numbers its blocks from 1). A rule whose source and target patterns use different placeholder
+sets fails when it is constructed, quoting both.
+
+Rule arguments that are sizes (``heads="n_heads"``) name entries of the family's ``dims``, computed from the
+source config, so a table holds no numbers that fit only one model size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from harness import transforms
+
+__all__ = [
+    "Drop", "Pattern", "Rename", "Rotary", "Rule", "Split", "Tie", "Transpose", "Unstack", "Dims",
+]
+
+Dims = Mapping[str, int]
+_PLACEHOLDER = re.compile(r"\{(\w+)(?:\+(\d+))?\}")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A key template such as ``layers.{layer}.w`` that formats to and matches concrete keys."""
+
+    text: str
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(m.group(1) for m in _PLACEHOLDER.finditer(self.text))
+
+    def format(self, binding: Mapping[str, int]) -> str:
+        return _PLACEHOLDER.sub(lambda m: str(binding[m.group(1)] + int(m.group(2) or 0)), self.text)
+
+    def regex(self) -> re.Pattern[str]:
+        """A regex matching any concrete key of this pattern (``*`` matches anything)."""
+        parts = _PLACEHOLDER.split(self.text)
+        # split() yields literal, name, offset, literal, ...: keep literals, turn placeholders into \d+
+        literal = [re.escape(p).replace(r"\*", ".*") for p in parts[::3]]
+        return re.compile(r"\d+".join(literal) + r"\Z")
+
+
+class Rule:
+    """Maps the tensors of ``sources`` (one binding of the placeholders) to those of ``targets``."""
+
+    sources: tuple[Pattern, ...]
+    targets: tuple[Pattern, ...]
+    extra: str | None = None  # a placeholder that only the targets carry (one source -> many targets)
+
+    def __init__(self, sources: Sequence[str], targets: Sequence[str]) -> None:
+        self.sources = tuple(Pattern(s) for s in sources)
+        self.targets = tuple(Pattern(t) for t in targets)
+        src = frozenset().union(*(p.names for p in self.sources))
+        dst = frozenset().union(*(p.names for p in self.targets)) - {self.extra}
+        if src != dst:
+            raise ValueError(f"{type(self).__name__}: placeholders differ between {self.sources[0].text!r} "
+                             f"{sorted(src)} and {self.targets[0].text!r} {sorted(dst)}")
+
+    @property
+    def placeholders(self) -> frozenset[str]:
+        return frozenset().union(*(p.names for p in self.sources))
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def target_keys(self, binding: Mapping[str, int], dims: Dims) -> list[str]:
+        return [t.format(binding) for t in self.targets]
+
+    def __repr__(self) -> str:
+        src = ", ".join(p.text for p in self.sources)
+        dst = ", ".join(p.text for p in self.targets)
+        return f"{type(self).__name__}({src} -> {dst})"
+
+
+class Rename(Rule):
+    """The tensor is copied unchanged under a new name."""
+
+    def __init__(self, source: str, target: str) -> None:
+        super().__init__([source], [target])
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return tensors
+
+    inverse = forward
+
+
+class Transpose(Rule):
+    """nn.Linear [out, in] <-> Conv1D [in, out]."""
+
+    def __init__(self, source: str, target: str) -> None:
+        super().__init__([source], [target])
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.transpose(tensors[0])]
+
+    inverse = forward
+
+
+class Rotary(Rule):
+    """q/k projection rows from interleaved-pair rotary to rotate-half, per head of ``head_dim`` rows."""
+
+    def __init__(self, source: str, target: str, *, heads: str, head_dim: str = "head_dim") -> None:
+        super().__init__([source], [target])
+        self.heads, self.head_dim = heads, head_dim
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.permute_rotary(tensors[0], dims[self.heads], dims[self.head_dim])]
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.unpermute_rotary(tensors[0], dims[self.heads], dims[self.head_dim])]
+
+
+class Split(Rule):
+    """A fused [q | k | v] tensor split by rows into three (GQA-aware: q rows = heads·hd, k = v = kv·hd)."""
+
+    def __init__(self, source: str, targets: Sequence[str], *, heads: str = "n_heads",
+                 kv_heads: str = "n_kv_heads", head_dim: str = "head_dim") -> None:
+        super().__init__([source], targets)
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return transforms.split_qkv(tensors[0], dims[self.heads], dims[self.kv_heads], dims[self.head_dim])
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.merge_qkv(*tensors)]
+
+
+class Unstack(Rule):
+    """One row-stacked tensor of all experts -> one tensor per expert (``{expert}`` only in the target)."""
+
+    def __init__(self, source: str, target: str, *, over: str = "expert", count: str = "n_experts",
+                 transpose_blocks: bool = False) -> None:
+        self.extra = over
+        super().__init__([source], [target])
+        self.count, self.transpose_blocks = count, transpose_blocks
+
+    def target_keys(self, binding: Mapping[str, int], dims: Dims) -> list[str]:
+        return [self.targets[0].format({**binding, self.extra: e}) for e in range(dims[self.count])]
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return transforms.unstack_experts(tensors[0], dims[self.count], self.transpose_blocks)
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.stack_experts(tensors, self.transpose_blocks)]
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A source tensor deliberately left out, with the reason (a rotary cache, a mask buffer).
+
+    ``pattern`` may use placeholders and ``*``; ``optional`` drops need not match anything.
+    """
+
+    pattern: str
+    reason: str
+    optional: bool = False
+    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regex", Pattern(self.pattern).regex())
+
+
+@dataclass(frozen=True)
+class Tie:
+    """A target parameter that transformers ties to another one instead of loading it."""
+
+    target: str
+    to: str
+
+
+RuleLike = Rule | Drop | Tie
+DimsFn = Callable[[Mapping[str, object]], dict[str, int]]

@@ -1,0 +1,83 @@
+"""Run one conversion end to end: read the source, convert, cast, stream into the output directory."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from harness.conversion import Converted, TensorSpec
+from harness.errors import ConversionError
+from harness.metrics import DTYPES
+from harness.registry import Family
+from harness.writer import ShardPlan, write_model_dir
+
+__all__ = ["DEFAULT_SHARD_SIZE", "convert_checkpoint", "write_converted"]
+
+DEFAULT_SHARD_SIZE = 5 * 10**9
+
+
+def convert_checkpoint(family: Family, source: Path, output: Path, *, config: Path | None = None,
+                       dtype: str | None = None, max_shard_size: int = DEFAULT_SHARD_SIZE,
+                       progress: bool = False, **options: object) -> tuple[Converted, ShardPlan]:
+    """``convparity convert``: source path as upstream ships it -> a ``from_pretrained`` directory.
+
+    Bad input raises ConversionError before ``output`` is created.
+
+    >>> convert_checkpoint(family("mixtral"), Path("ckpt"), Path("out"))  # doctest: +SKIP
+    """
+    if output.exists():
+        raise ConversionError(f"output {output} already exists; choose a new directory or remove it")
+    if not source.exists():
+        raise ConversionError(f"source {source} does not exist")
+    checkpoint = family.read(source, config=config, **options)
+    converted = family.convert(checkpoint)
+    plan = write_converted(converted, output, dtype=dtype, max_shard_size=max_shard_size, progress=progress)
+    return converted, plan
+
+
+def write_converted(converted: Converted, output: Path, *, dtype: str | None = None,
+                    max_shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = False) -> ShardPlan:
+    """Cast floating tensors to ``dtype`` (default: as stored) and write config and shards atomically."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ConversionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    target = DTYPES[dtype] if dtype else None
+    specs = [_cast_spec(s, target) for s in converted.plan()]
+    floats = [s.dtype for s in specs if s.dtype.is_floating_point]
+    config = {**converted.config, "dtype": str(target or (floats[0] if floats else torch.float32))[6:]}
+    stream = _cast_stream(converted.tensors(), target)
+    total = sum(s.nbytes for s in specs)
+    with _progress_bar(total, enabled=progress) as advance:
+        return write_model_dir(output, config, specs, stream, max_shard_size, advance)
+
+
+def _cast_spec(spec: TensorSpec, dtype: torch.dtype | None) -> TensorSpec:
+    if dtype is None or not spec.dtype.is_floating_point:
+        return spec
+    return TensorSpec(spec.name, spec.shape, dtype)
+
+
+def _cast_stream(stream: Iterator[tuple[str, torch.Tensor]], dtype: torch.dtype | None
+                 ) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in stream:
+        yield name, tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+class _progress_bar:  # noqa: N801 - used as a context manager like a function
+    """A byte-count progress bar on stderr, shown only when asked for and stderr is a terminal."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="writing", file=sys.stderr)
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        return self.bar.update if self.bar is not None else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,86 @@
+"""Tensor transforms, each a pair of pure functions: the forward beside its inverse.
+
+Arguments are tensors and explicit integers, never config objects, so the same function serves every family
+and size. Every pair is property-tested: ``inverse(forward(x))`` is bit-exact and element counts are kept.
+All functions also run on the meta device, which is how output shapes are planned before any data is read.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "add_unit_offset", "group_qkv_by_head", "group_qkv_by_kind", "merge_qkv", "permute_rotary",
+    "remove_unit_offset", "split_qkv", "stack_experts", "transpose", "unpermute_rotary", "unstack_experts",
+]
+
+
+def permute_rotary(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """Reorder q/k projection rows from interleaved-pair rotary (Meta, Mistral) to rotate-half (transformers).
+
+    Within each head, output rows (0, 1, 2, 3, ...) pair up as (2i, 2i+1) upstream; transformers pairs row i with
+    row i + head_dim/2, so the even rows of a head go first, then the odd ones.
+    """
+    rest = w.shape[1:]
+    # (n_heads, head_dim/2, 2, *rest) -> (n_heads, 2, head_dim/2, *rest)
+    return w.reshape(n_heads, head_dim // 2, 2, *rest).transpose(1, 2).reshape(n_heads * head_dim, *rest)
+
+
+def unpermute_rotary(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """Inverse of :func:`permute_rotary`."""
+    rest = w.shape[1:]
+    # (n_heads, 2, head_dim/2, *rest) -> (n_heads, head_dim/2, 2, *rest)
+    return w.reshape(n_heads, 2, head_dim // 2, *rest).transpose(1, 2).reshape(n_heads * head_dim, *rest)
+
+
+def split_qkv(w: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int) -> list[torch.Tensor]:
+    """Split a fused [q | k | v] projection (rows: heads·hd, kv·hd, kv·hd) into its three blocks."""
+    q_rows, kv_rows = n_heads * head_dim, n_kv_heads * head_dim
+    if w.shape[0] != q_rows + 2 * kv_rows:
+        raise ValueError(f"fused qkv has {w.shape[0]} rows, expected {q_rows} + 2 x {kv_rows}")
+    return list(w.split([q_rows, kv_rows, kv_rows], dim=0))
+
+
+def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`split_qkv`."""
+    return torch.cat([q, k, v], dim=0)
+
+
+def group_qkv_by_kind(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """Per-head fused rows [head, (q, k, v), head_dim] (Megatron) -> [q of all heads | k | v] (GPT-2)."""
+    rest = w.shape[1:]
+    # (n_heads, 3, head_dim, *rest) -> (3, n_heads, head_dim, *rest)
+    return w.reshape(n_heads, 3, head_dim, *rest).transpose(0, 1).reshape(3 * n_heads * head_dim, *rest)
+
+
+def group_qkv_by_head(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """Inverse of :func:`group_qkv_by_kind`."""
+    rest = w.shape[1:]
+    # (3, n_heads, head_dim, *rest) -> (n_heads, 3, head_dim, *rest)
+    return w.reshape(3, n_heads, head_dim, *rest).transpose(0, 1).reshape(3 * n_heads * head_dim, *rest)
+
+
+def transpose(w: torch.Tensor) -> torch.Tensor:
+    """Swap the two axes of a matrix (nn.Linear [out, in] <-> Conv1D [in, out]); its own inverse."""
+    return w.t()
+
+
+def unstack_experts(w: torch.Tensor, n_experts: int, transpose_blocks: bool = False) -> list[torch.Tensor]:
+    """Cut a row-stacked expert tensor [E·rows, cols] into E blocks, each optionally transposed."""
+    blocks = w.chunk(n_experts, dim=0)
+    return [b.t() for b in blocks] if transpose_blocks else list(blocks)
+
+
+def stack_experts(blocks: list[torch.Tensor], transpose_blocks: bool = False) -> torch.Tensor:
+    """Inverse of :func:`unstack_experts`."""
+    return torch.cat([b.t() for b in blocks] if transpose_blocks else blocks, dim=0)
+
+
+def add_unit_offset(w: torch.Tensor) -> torch.Tensor:
+    """Norm weight stored as w for a (1 + w) formula -> the plain multiplier (1 + w)."""
+    return w + 1
+
+
+def remove_unit_offset(w: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`add_unit_offset` (exact for the values it produced, up to float rounding)."""
+    return w - 1
