@@ -19,7 +19,8 @@ import torch
 from harness import transforms
 
 __all__ = [
-    "Drop", "Pattern", "Rename", "Rotary", "Rule", "Split", "Tie", "Transpose", "Unstack", "Dims",
+    "CutVocab", "Dequantize", "Dims", "Drop", "GroupQKV", "Pattern", "Rename", "Rotary", "Rule", "Split", "Tie",
+    "Transpose", "Unstack",
 ]
 
 Dims = Mapping[str, int]
@@ -152,6 +153,51 @@ class Unstack(Rule):
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return [transforms.stack_experts(tensors, self.transpose_blocks)]
+
+
+class GroupQKV(Rule):
+    """Per-head fused qkv rows [head, (q, k, v), hd] (Megatron) -> [q | k | v], optionally transposed (Conv1D)."""
+
+    def __init__(self, source: str, target: str, *, heads: str = "n_heads", head_dim: str = "head_dim",
+                 transpose: bool = False) -> None:
+        super().__init__([source], [target])
+        self.heads, self.head_dim, self.transpose = heads, head_dim, transpose
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        w = transforms.group_qkv_by_kind(tensors[0], dims[self.heads], dims[self.head_dim])
+        return [transforms.transpose(w) if self.transpose else w]
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        w = transforms.transpose(tensors[0]) if self.transpose else tensors[0]
+        return [transforms.group_qkv_by_head(w, dims[self.heads], dims[self.head_dim])]
+
+
+class CutVocab(Rule):
+    """Padded embedding rows cut to the real vocabulary (``rows`` names the dims entry holding its size)."""
+
+    def __init__(self, source: str, target: str, *, rows: str = "vocab_size", padded: str = "padded_vocab_size"
+                 ) -> None:
+        super().__init__([source], [target])
+        self.rows, self.padded = rows, padded
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.cut_vocab(tensors[0], dims[self.rows])]
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.pad_vocab(tensors[0], dims[self.padded])]
+
+
+class Dequantize(Rule):
+    """int8 ``weight`` + float ``weight_scaler`` -> one float weight; the inverse re-quantises per row."""
+
+    def __init__(self, weight: str, scaler: str, target: str) -> None:
+        super().__init__([weight, scaler], [target])
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.dequantize(tensors[0], tensors[1], tensors[1].dtype)]
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return transforms.quantize(tensors[0])
 
 
 @dataclass(frozen=True)

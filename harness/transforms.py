@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "add_unit_offset", "group_qkv_by_head", "group_qkv_by_kind", "merge_qkv", "permute_rotary",
-    "remove_unit_offset", "split_qkv", "stack_experts", "transpose", "unpermute_rotary", "unstack_experts",
+    "add_unit_offset", "cut_vocab", "dequantize", "group_qkv_by_head", "group_qkv_by_kind", "merge_qkv",
+    "pad_vocab", "permute_rotary", "quantize", "remove_unit_offset", "split_qkv", "stack_experts", "transpose",
+    "unpermute_rotary", "unstack_experts",
 ]
 
 
@@ -84,3 +85,26 @@ def add_unit_offset(w: torch.Tensor) -> torch.Tensor:
 def remove_unit_offset(w: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`add_unit_offset` (exact for the values it produced, up to float rounding)."""
     return w - 1
+
+
+def cut_vocab(w: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Keep the first ``vocab_size`` rows of a padded embedding (Megatron pads to a multiple of 128)."""
+    if w.shape[0] < vocab_size:
+        raise ValueError(f"embedding has {w.shape[0]} rows, fewer than the vocabulary size {vocab_size}")
+    return w[:vocab_size]
+
+
+def pad_vocab(w: torch.Tensor, rows: int) -> torch.Tensor:
+    """Inverse of :func:`cut_vocab` up to the padding rows, which come back as zeros."""
+    return torch.cat([w, w.new_zeros(rows - w.shape[0], *w.shape[1:])], dim=0)
+
+
+def dequantize(weight: torch.Tensor, scaler: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """int8 rows times a per-row float scale (gemma_pytorch ``quant=True``)."""
+    return weight.to(dtype) * scaler.to(dtype).unsqueeze(-1)
+
+
+def quantize(w: torch.Tensor) -> list[torch.Tensor]:
+    """Symmetric per-row int8 quantisation; inverse of :func:`dequantize` for the values it produces."""
+    scaler = w.abs().amax(dim=-1).clamp_min(1e-12) / 127
+    return [torch.round(w / scaler.unsqueeze(-1)).clamp(-127, 127).to(torch.int8), scaler.float()]

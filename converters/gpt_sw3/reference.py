@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 __all__ = ["forward"]
 
@@ -31,7 +31,7 @@ def forward(
     *,
     hidden_states: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """Mirror `GPTModel.forward` (legacy/model/gpt_model.py) with `post_process=True`, `parallel_output=False`.
+    """Mirror `GPTModel.forward` (legacy/model/gpt_model.py), `post_process=True`, `parallel_output=False`.
 
     Returns float32 logits `[B, T, padded_vocab]`: Megatron scores every row of the padded word embedding
     (legacy/model/language_model.py L369); callers slice to the tokenizer's real vocab. With `hidden_states`
@@ -40,16 +40,16 @@ def forward(
     _check(config)
     s = tokens.shape[1]
     mask = get_ltor_masks(s, tokens.device)
-    hidden = Embedding(tensors, tokens)  # (s, b, h)
+    hidden = embedding(tensors, tokens)  # (s, b, h)
     states = [hidden]
     for i in range(config["num_layers"]):
         # ParallelTransformer numbers its layers from 1 (transformer.py build_layer(i + 1 + offset)).
         p = _layer_weights(tensors, i)
-        hidden = ParallelTransformerLayer(hidden, p, mask, config, layer_number=i + 1)
+        hidden = parallel_transformer_layer(hidden, p, mask, config, layer_number=i + 1)
         states.append(hidden)
     eps = config["layernorm_epsilon"]
-    hidden = LayerNorm(hidden, tensors[PREFIX + "encoder.final_layernorm.weight"],
-                       tensors[PREFIX + "encoder.final_layernorm.bias"], eps)
+    hidden = layer_norm(hidden, tensors[PREFIX + "encoder.final_layernorm.weight"],
+                        tensors[PREFIX + "encoder.final_layernorm.bias"], eps)
     # Tied output: the word embedding is the output layer, no bias (gpt_model.py L55, L92).
     logits = parallel_lm_logits(hidden, tensors[PREFIX + "embedding.word_embeddings.weight"])  # (s, b, V)
     logits = logits.transpose(0, 1).contiguous().float()  # (b, s, V)
@@ -59,26 +59,28 @@ def forward(
 
 
 def get_ltor_masks(s: int, device: torch.device) -> torch.Tensor:
-    """Mirror `get_ltor_masks_and_position_ids` (training/utils.py) without resets: True marks a masked key."""
+    """Mirror `get_ltor_masks_and_position_ids` (training/utils.py), no resets: True marks a masked key."""
     ones = torch.ones(1, 1, s, s, device=device)  # (1, 1, sq, sk)
     return torch.tril(ones) < 0.5
 
 
-def Embedding(tensors: Mapping[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+def embedding(tensors: Mapping[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
     """Mirror `Embedding.forward` (legacy/model/language_model.py): word + learned absolute position."""
     position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)  # (1, s)
-    words = F.embedding(tokens, tensors[PREFIX + "embedding.word_embeddings.weight"])  # (b, s, h)
-    positions = F.embedding(position_ids, tensors[PREFIX + "embedding.position_embeddings.weight"])  # (1, s, h)
+    word_table = tensors[PREFIX + "embedding.word_embeddings.weight"]  # (padded_vocab, h)
+    position_table = tensors[PREFIX + "embedding.position_embeddings.weight"]  # (max_positions, h)
+    words = functional.embedding(tokens, word_table)  # (b, s, h)
+    positions = functional.embedding(position_ids, position_table)  # (1, s, h)
     embeddings = words + positions
     return embeddings.transpose(0, 1).contiguous()  # (s, b, h)
 
 
-def LayerNorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """Mirror `MixedFusedLayerNorm.forward` (legacy/model/fused_layer_norm.py), i.e. apex's affine LayerNorm."""
-    return F.layer_norm(x, weight.shape, weight, bias, eps)
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """Mirror `MixedFusedLayerNorm.forward` (legacy/model/fused_layer_norm.py): apex's affine LayerNorm."""
+    return functional.layer_norm(x, weight.shape, weight, bias, eps)
 
 
-def ParallelLinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def parallel_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Mirror `ColumnParallelLinear` / `RowParallelLinear` at TP=1: `x @ Wᵀ (+ b)`, weight `[out, in]`.
 
     With `skip_bias_add=True` upstream returns the bias instead of adding it; callers then pass `bias=None`
@@ -88,19 +90,19 @@ def ParallelLinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out if bias is None else out + bias
 
 
-def ParallelTransformerLayer(
+def parallel_transformer_layer(
     hidden: torch.Tensor, p: Mapping[str, torch.Tensor], mask: torch.Tensor, config: Mapping[str, Any],
     layer_number: int,
 ) -> torch.Tensor:
-    """Mirror `ParallelTransformerLayer.forward` (legacy/model/transformer.py): pre-LN, residual on the input."""
+    """Mirror `ParallelTransformerLayer.forward` (legacy/model/transformer.py): pre-LN, input residual."""
     eps = config["layernorm_epsilon"]
-    norm_output = LayerNorm(hidden, p["input_layernorm.weight"], p["input_layernorm.bias"], eps)
-    attention_output, attention_bias = ParallelAttention(norm_output, p, mask, config, layer_number)
+    norm_output = layer_norm(hidden, p["input_layernorm.weight"], p["input_layernorm.bias"], eps)
+    attention_output, attention_bias = parallel_attention(norm_output, p, mask, config, layer_number)
     # apply_residual_connection_post_layernorm is False in NeMo GPT: the residual is the layer input.
     norm_input = bias_dropout_add(attention_output, attention_bias, hidden)
-    norm_output = LayerNorm(norm_input, p["post_attention_layernorm.weight"],
-                            p["post_attention_layernorm.bias"], eps)
-    mlp_output, mlp_bias = ParallelMLP(norm_output, p, config)
+    norm_output = layer_norm(norm_input, p["post_attention_layernorm.weight"],
+                             p["post_attention_layernorm.bias"], eps)
+    mlp_output, mlp_bias = parallel_mlp(norm_output, p, config)
     return bias_dropout_add(mlp_output, mlp_bias, norm_input)
 
 
@@ -109,7 +111,7 @@ def bias_dropout_add(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor
     return residual + (x + bias)
 
 
-def ParallelAttention(
+def parallel_attention(
     hidden: torch.Tensor, p: Mapping[str, torch.Tensor], mask: torch.Tensor, config: Mapping[str, Any],
     layer_number: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,15 +122,15 @@ def ParallelAttention(
     """
     np_ = config["num_attention_heads"]
     hn = config.get("kv_channels") or config["hidden_size"] // np_
-    mixed = ParallelLinear(hidden, p["self_attention.query_key_value.weight"],
-                           p["self_attention.query_key_value.bias"])  # (s, b, np * 3 * hn)
+    mixed = parallel_linear(hidden, p["self_attention.query_key_value.weight"],
+                            p["self_attention.query_key_value.bias"])  # (s, b, np * 3 * hn)
     mixed = mixed.view(*mixed.shape[:-1], np_, 3 * hn)  # (s, b, np, 3 * hn)
     q, k, v = torch.split(mixed, [hn, hn, hn], dim=3)  # each (s, b, np, hn)
-    context = CoreAttention(q, k, v, mask, layer_number, config.get("apply_query_key_layer_scaling", True))
-    return ParallelLinear(context, p["self_attention.dense.weight"]), p["self_attention.dense.bias"]
+    context = core_attention(q, k, v, mask, layer_number, config.get("apply_query_key_layer_scaling", True))
+    return parallel_linear(context, p["self_attention.dense.weight"]), p["self_attention.dense.bias"]
 
 
-def CoreAttention(
+def core_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, layer_number: int,
     apply_query_key_layer_scaling: bool,
 ) -> torch.Tensor:
@@ -151,7 +153,7 @@ def CoreAttention(
     scores = torch.baddbmm(buffer, q.transpose(0, 1), k.transpose(0, 1).transpose(1, 2),
                            beta=0.0, alpha=1.0 / norm_factor)  # (b * np, sq, sk)
     scores = scores.view(b, np_, sq, sk)  # (b, np, sq, sk)
-    probs = FusedScaleMaskSoftmax(scores, mask, coeff)
+    probs = fused_scale_mask_softmax(scores, mask, coeff)
     probs = probs.view(b * np_, sq, sk)  # (b * np, sq, sk)
     v = v.reshape(sk, b * np_, hn)  # (sk, b * np, hn)
     context = torch.bmm(probs, v.transpose(0, 1))  # (b * np, sq, hn)
@@ -159,7 +161,7 @@ def CoreAttention(
     return context.view(sq, b, np_ * hn)  # (sq, b, np * hn)
 
 
-def FusedScaleMaskSoftmax(scores: torch.Tensor, mask: torch.Tensor, scale: int | None) -> torch.Tensor:
+def fused_scale_mask_softmax(scores: torch.Tensor, mask: torch.Tensor, scale: int | None) -> torch.Tensor:
     """Mirror `FusedScaleMaskSoftmax.forward_torch_softmax` (legacy/model/fused_softmax.py), softmax in fp32.
 
     `attention_softmax_in_fp32` is forced on by query-key layer scaling (transformer.py CoreAttention) and set
@@ -178,7 +180,7 @@ def attention_mask_func(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return scores.masked_fill(mask, -10000.0)
 
 
-def ParallelMLP(
+def parallel_mlp(
     hidden: torch.Tensor, p: Mapping[str, torch.Tensor], config: Mapping[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mirror `ParallelMLP.forward` (legacy/model/transformer.py): h -> ffn -> GELU -> h.
@@ -187,7 +189,7 @@ def ParallelMLP(
     bias-GELU fusion, which NeMo turns on by default (`cfg.get('bias_activation_fusion', True)`) and which is
     the tanh approximation, not exact erf GELU.
     """
-    intermediate = ParallelLinear(hidden, p["mlp.dense_h_to_4h.weight"])  # (s, b, ffn)
+    intermediate = parallel_linear(hidden, p["mlp.dense_h_to_4h.weight"])  # (s, b, ffn)
     bias = p["mlp.dense_h_to_4h.bias"]
     if config.get("openai_gelu", False):
         intermediate = openai_gelu(intermediate + bias)
@@ -196,18 +198,18 @@ def ParallelMLP(
     elif config.get("bias_activation_fusion", True):
         intermediate = bias_gelu(bias, intermediate)
     else:
-        intermediate = F.gelu(intermediate + bias)
-    return ParallelLinear(intermediate, p["mlp.dense_4h_to_h.weight"]), p["mlp.dense_4h_to_h.bias"]
+        intermediate = functional.gelu(intermediate + bias)
+    return parallel_linear(intermediate, p["mlp.dense_4h_to_h.weight"]), p["mlp.dense_4h_to_h.bias"]
 
 
 def bias_gelu(bias: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mirror `bias_gelu` (legacy/model/fused_bias_gelu.py): tanh GELU with sqrt(2/pi) rounded to 0.79788456."""
+    """Mirror `bias_gelu` (legacy/model/fused_bias_gelu.py): tanh GELU, sqrt(2/pi) rounded to 0.79788456."""
     x = bias + y
     return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
 
 
 def openai_gelu(x: torch.Tensor) -> torch.Tensor:
-    """Mirror `openai_gelu` / `gelu_impl` (legacy/model/utils.py): tanh GELU, sqrt(2/pi) = 0.7978845608028654."""
+    """Mirror `openai_gelu` / `gelu_impl` (legacy/model/utils.py): tanh GELU, full-precision sqrt(2/pi)."""
     return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
 
 
@@ -222,13 +224,16 @@ def parallel_lm_logits(hidden: torch.Tensor, word_embeddings: torch.Tensor) -> t
 
 
 def _layer_weights(tensors: Mapping[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-    """Strip `model.language_model.encoder.layers.{i}.` from that layer's keys; `_extra_state` is skipped."""
+    """Fetch layer `i`'s tensors by name: no scan, so lazy mappings stay lazy and `_extra_state` is unread."""
     prefix = f"{PREFIX}encoder.layers.{i}."
-    return {k[len(prefix):]: v for k, v in tensors.items()
-            if k.startswith(prefix) and not k.endswith("._extra_state")}
+    return {name: tensors[prefix + name] for name in _LAYER_TENSORS}
 
 
-# NeMo cfg values this forward pass implements (each is also the NeMo default); others change the architecture.
+_LAYER_TENSORS = tuple(f"{module}.{kind}" for module in (
+    "input_layernorm", "self_attention.query_key_value", "self_attention.dense",
+    "post_attention_layernorm", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h") for kind in ("weight", "bias"))
+
+# NeMo cfg values this forward pass implements (each is the NeMo default); others change the architecture.
 _SUPPORTED = {
     "normalization": "layernorm",
     "position_embedding_type": "learned_absolute",

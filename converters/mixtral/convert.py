@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from converters.mixtral.source import shapes
 from harness.config_map import ConfigMap, Field
 from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
 from harness.keymap import KeyMap
 from harness.rules import Rename, Rotary, Unstack
-
-from converters.mixtral.source import shapes
 
 __all__ = ["CONFIG", "KEYS", "convert", "invert"]
 
