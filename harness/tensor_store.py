@@ -80,18 +80,25 @@ class TensorStore(Mapping[str, torch.Tensor]):
 def load_pickle(path: Path) -> Any:
     """``torch.load`` a pickle as data only: memory-mapped when the file allows it, never executing code."""
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ConversionError(f"{path} holds objects other than tensors and plain containers; refusing to "
-                              f"unpickle it ({str(err).splitlines()[0]})") from None
+        return _load_data_only(path, mmap=True)
     except RuntimeError as err:
         if "mmap" not in str(err) and "zip" not in str(err):
-            raise ConversionError(f"cannot read {path} as a torch checkpoint: {err}") from None
-    # Legacy (pre-zip) torch.save format cannot be memory-mapped; still data-only.
+            raise ConversionError(f"cannot read {path} as a torch checkpoint: {_first_line(err)}") from None
+    # The legacy (pre-zip) torch.save format cannot be memory-mapped; still data-only.
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ConversionError(f"cannot read {path} as a torch checkpoint: {str(err).splitlines()[0]}") from None
+        return _load_data_only(path, mmap=False)
+    except (RuntimeError, EOFError) as err:
+        raise ConversionError(f"cannot read {path} as a torch checkpoint: {_first_line(err)}") from None
+
+
+def _load_data_only(path: Path, mmap: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message suggests weights_only=False: exactly what must not be done with untrusted files.
+        found = next((line for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+        raise ConversionError(f"{path} holds objects other than tensors and plain containers; refusing to "
+                              f"unpickle it (that could run code). {found.strip()}".strip()) from None
 
 
 def open_torch(path: Path, key: str | None = None) -> TensorStore:
@@ -125,6 +132,10 @@ _SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _describe_keys(obj: object) -> str:

@@ -1,0 +1,104 @@
+"""Safe reading and atomic, streamed writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from harness.conversion import TensorSpec
+from harness.errors import ConversionError
+from harness.tensor_store import TensorStore, open_safetensors, open_torch
+from harness.writer import parse_size, plan_shards, write_model_dir
+
+
+class _RunsCode:
+    def __reduce__(self):  # what a malicious checkpoint does: call a function while unpickling
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    evil = _RunsCode()
+    evil.marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"w": evil}, f)
+    with pytest.raises(ConversionError, match="refusing to unpickle"):
+        open_torch(tmp_path / "evil.pth")
+    assert not evil.marker.exists()
+
+
+def test_torch_files_are_memory_mapped_and_unwrapped(tmp_path: Path) -> None:
+    torch.save({"model_state_dict": {"w": torch.ones(2, 3)}}, tmp_path / "m.ckpt")
+    store = open_torch(tmp_path / "m.ckpt", key="model_state_dict")
+    assert store.meta("w") == ((2, 3), torch.float32) and torch.equal(store["w"], torch.ones(2, 3))
+    with pytest.raises(ConversionError, match="no 'state_dict' entry; found keys \\['model_state_dict'\\]"):
+        open_torch(tmp_path / "m.ckpt", key="state_dict")
+
+
+def test_safetensors_store_reads_metadata_without_data(tmp_path: Path) -> None:
+    save_file({"a": torch.zeros(4, dtype=torch.bfloat16)}, tmp_path / "x.safetensors")
+    store = open_safetensors(tmp_path / "x.safetensors")
+    assert store.meta("a") == ((4,), torch.bfloat16)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ConversionError, match="cannot read .*bad.safetensors as safetensors"):
+        open_safetensors(tmp_path / "bad.safetensors")
+
+
+def test_merge_refuses_a_key_in_two_files() -> None:
+    a = TensorStore.from_dict({"w": torch.zeros(1)}, origin="a.pt")
+    b = TensorStore.from_dict({"w": torch.zeros(1)}, origin="b.pt")
+    with pytest.raises(ConversionError, match="'w' is in both a.pt and b.pt"):
+        TensorStore.merge([a, b])
+
+
+def _specs(n: int, size: int = 4) -> list[TensorSpec]:
+    return [TensorSpec(f"t{i}", (size,), torch.float32) for i in range(n)]
+
+
+def test_shard_plan_packs_in_order_and_names_files() -> None:
+    plan = plan_shards(_specs(5), max_shard_size=40)  # 16 bytes each: 2 per shard
+    assert list(plan.filename_to_tensors) == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    assert plan.tensor_to_filename["t4"] == "model-00003-of-00003.safetensors" and plan.total_size == 80
+    assert list(plan_shards(_specs(2), 10**9).filename_to_tensors) == ["model.safetensors"]
+
+
+def test_parse_size() -> None:
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30 and parse_size("100") == 100
+    with pytest.raises(ConversionError, match="write it like 5GB"):
+        parse_size("five gigs")
+
+
+def test_writer_streams_shards_with_an_index(tmp_path: Path) -> None:
+    tensors = {f"t{i}": torch.full((4,), float(i)) for i in range(5)}
+    write_model_dir(tmp_path / "out", {"model_type": "x"}, _specs(5), iter(tensors.items()), max_shard_size=40)
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == 80
+    loaded = {}
+    for name in sorted(set(index["weight_map"].values())):
+        loaded |= load_file(tmp_path / "out" / name)
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    assert json.loads((tmp_path / "out" / "config.json").read_text()) == {"model_type": "x"}
+
+
+def test_writer_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
+    def stream():
+        yield "t0", torch.zeros(4)
+        raise RuntimeError("converter crashed half way")
+
+    with pytest.raises(RuntimeError, match="half way"):
+        write_model_dir(tmp_path / "out", {}, _specs(2), stream(), max_shard_size=40)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_refuses_an_existing_output_and_a_stream_that_breaks_the_plan(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConversionError, match="already exists"):
+        write_model_dir(tmp_path / "out", {}, _specs(1), iter([]), 10)
+    with pytest.raises(RuntimeError, match="planned t0"):
+        write_model_dir(tmp_path / "new", {}, _specs(1), iter([("t0", torch.zeros(5))]), 100)
+    assert not (tmp_path / "new").exists()

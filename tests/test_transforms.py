@@ -1,0 +1,94 @@
+"""Every transform pair: the inverse undoes the forward bit for bit, and element counts are kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness import transforms as T
+
+small = st.integers(min_value=1, max_value=5)
+
+
+def _rand(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+
+
+@given(n_heads=small, half=small, cols=small, bias=st.booleans())
+def test_rotary_permutation_round_trips(n_heads: int, half: int, cols: int, bias: bool) -> None:
+    w = _rand(n_heads * 2 * half) if bias else _rand(n_heads * 2 * half, cols)
+    out = T.permute_rotary(w, n_heads, 2 * half)
+    assert out.shape == w.shape
+    assert torch.equal(T.unpermute_rotary(out, n_heads, 2 * half), w)
+
+
+def test_rotary_permutation_moves_even_rows_first() -> None:
+    w = torch.arange(8.0).reshape(8, 1)  # one head of 8 rows: pairs (0,1) (2,3) (4,5) (6,7)
+    assert T.permute_rotary(w, 1, 8).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+@given(kv=small, group=small, head_dim=small, cols=small)
+def test_split_qkv_round_trips(kv: int, group: int, head_dim: int, cols: int) -> None:
+    heads = kv * group
+    w = _rand((heads + 2 * kv) * head_dim, cols)
+    q, k, v = T.split_qkv(w, heads, kv, head_dim)
+    assert (q.shape[0], k.shape[0], v.shape[0]) == (heads * head_dim, kv * head_dim, kv * head_dim)
+    assert torch.equal(T.merge_qkv(q, k, v), w)
+
+
+def test_split_qkv_rejects_wrong_row_count() -> None:
+    with pytest.raises(ValueError, match="rows"):
+        T.split_qkv(torch.zeros(10, 2), 2, 1, 3)
+
+
+@given(heads=small, head_dim=small, cols=small)
+def test_group_qkv_round_trips(heads: int, head_dim: int, cols: int) -> None:
+    w = _rand(3 * heads * head_dim, cols)
+    out = T.group_qkv_by_kind(w, heads, head_dim)
+    assert out.numel() == w.numel()
+    assert torch.equal(T.group_qkv_by_head(out, heads, head_dim), w)
+
+
+def test_group_qkv_puts_all_queries_first() -> None:
+    # rows per head: q, k, v (head_dim 1): h0q h0k h0v h1q h1k h1v -> h0q h1q h0k h1k h0v h1v
+    w = torch.tensor([0.0, 1, 2, 3, 4, 5])
+    assert T.group_qkv_by_kind(w, 2, 1).tolist() == [0, 3, 1, 4, 2, 5]
+
+
+@given(experts=small, rows=small, cols=small, transpose=st.booleans())
+def test_experts_round_trip(experts: int, rows: int, cols: int, transpose: bool) -> None:
+    w = _rand(experts * rows, cols)
+    blocks = T.unstack_experts(w, experts, transpose)
+    assert len(blocks) == experts and sum(b.numel() for b in blocks) == w.numel()
+    assert torch.equal(T.stack_experts(blocks, transpose), w)
+
+
+@given(rows=small, extra=st.integers(0, 4), cols=small)
+def test_vocab_cut_round_trips_zero_padding(rows: int, extra: int, cols: int) -> None:
+    w = torch.cat([_rand(rows, cols), torch.zeros(extra, cols)])
+    assert torch.equal(T.pad_vocab(T.cut_vocab(w, rows), rows + extra), w)
+
+
+def test_cut_vocab_rejects_larger_vocab() -> None:
+    with pytest.raises(ValueError, match="fewer than the vocabulary"):
+        T.cut_vocab(torch.zeros(3, 2), 4)
+
+
+@given(rows=small, cols=small)
+def test_quantize_round_trips_dequantized_values(rows: int, cols: int) -> None:
+    w8, scale = T.quantize(_rand(rows, cols))
+    assert torch.equal(T.quantize(T.dequantize(w8, scale))[0], w8)
+
+
+@given(n=small)
+def test_unit_offset_round_trips_dyadic_values(n: int) -> None:
+    w = torch.arange(n, dtype=torch.float32) / 4  # exactly representable: w + 1 - 1 == w
+    assert torch.equal(T.remove_unit_offset(T.add_unit_offset(w)), w)
+
+
+def test_transforms_run_on_meta() -> None:
+    w = torch.empty(12, 4, device="meta")
+    assert T.permute_rotary(w, 3, 4).shape == (12, 4)
+    assert [t.shape[0] for t in T.split_qkv(w, 2, 1, 3)] == [6, 3, 3]
