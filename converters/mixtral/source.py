@@ -110,16 +110,17 @@ def write(checkpoint: SourceCheckpoint, path: Path, container: str = "pth", shar
         raise ConversionError(f"unknown container {container!r}; choose one of {', '.join(CONTAINERS)}")
     path.mkdir(parents=True, exist_ok=True)
     (path / PARAMS).write_text(json.dumps(checkpoint.config, indent=4) + "\n")
-    tensors = {k: checkpoint.tensors[k].contiguous() for k in checkpoint.tensors}
-    if container == "pth":
-        torch.save(tensors, path / "consolidated.00.pth")
-    elif container == "safetensors":
-        safetensors.torch.save_file(tensors, path / "consolidated.safetensors")
-    else:  # contiguous runs of keys, so that no file holds a whole layer
-        keys = list(tensors)
+    keys = list(checkpoint.tensors)
+    if container == "pt-shards":  # contiguous runs of keys, so that no file holds a whole layer
         for i in range(shards):
             part = keys[i * len(keys) // shards: (i + 1) * len(keys) // shards]
-            torch.save({k: tensors[k] for k in part}, path / f"consolidated.{i:02d}.pt")
+            torch.save({k: checkpoint.tensors[k].contiguous() for k in part}, path / f"consolidated.{i:02d}.pt")
+        return
+    tensors = {k: checkpoint.tensors[k].contiguous() for k in keys}
+    if container == "pth":
+        torch.save(tensors, path / "consolidated.00.pth")
+    else:
+        safetensors.torch.save_file(tensors, path / "consolidated.safetensors")
 
 
 def _weight_files(folder: Path) -> list[Path]:
