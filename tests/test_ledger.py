@@ -80,7 +80,7 @@ def test_unstack_expands_the_extra_placeholder() -> None:
 def test_invert_walks_the_table_backwards() -> None:
     tensors = {"emb": torch.randn(4, 2), "layers.0.wq": torch.randn(8, 2), "layers.1.wq": torch.randn(8, 2)}
     steps = TABLE.plan(tensors, DIMS)
-    out = {t: o for s in steps for t, o in zip(s.targets, s.run([tensors[k] for k in s.sources], DIMS))}
+    out = {t: o for s in steps for t, o in zip(s.targets, s.run([tensors[k] for k in s.sources], DIMS), strict=True)}
     back = TABLE.invert(out, DIMS)
     assert all(torch.equal(back[k], tensors[k]) for k in tensors)
 
