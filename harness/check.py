@@ -59,7 +59,7 @@ def check_family(family: Family, devices: Iterable[str], dtypes: Iterable[str],
                     if skip:
                         result = ParityResult(family.name, name, device, dtype, skipped=skip)
                     else:
-                        model = load_converted(rt.model_dir, device, dtype)
+                        model = load_converted(rt.model_dir, device, dtype, family)
                         result = run_parity(family, name, rt.source, model, device, dtype, tokens)
                     results.append(result)
                     if on_result is not None:

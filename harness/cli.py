@@ -79,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", type=Path, metavar="FILE", help="also write every result as JSON")
     check.set_defaults(run=_check)
 
+    mutate = sub.add_parser("mutate", help="plant known converter bugs and check that parity catches each one",
+                            description="Apply each planted bug of the mutation catalogue to a family's conversion "
+                                        "(intercepting its tensor stream or config), run the same parity check "
+                                        "as `convparity check`, and report whether each mutant was caught "
+                                        "(killed). Exit 1 if any applicable mutant survives.")
+    mutate.add_argument("families", nargs="*", metavar="FAMILY", help="families to mutate (default: all)")
+    mutate.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default: %(default)s)")
+    mutate.add_argument("--json", type=Path, metavar="FILE", help="write one record per mutant as JSON")
+    mutate.set_defaults(run=_mutate)
+
     sub.add_parser("list", help="list families and their test cases").set_defaults(run=_list)
     describe = sub.add_parser("describe", help="print a family's config and key tables")
     describe.add_argument("family", metavar="FAMILY")
@@ -126,6 +136,13 @@ def _check(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps([_record(r) for r in results], indent=2) + "\n")
     return 1 if failed else 0
+
+
+def _mutate(args: argparse.Namespace) -> int:
+    from harness.mutate import run_mutate
+
+    chosen = [family(n) for n in args.families] if args.families else list(families().values())
+    return run_mutate(chosen, _choices(args.dtypes, DTYPES, "dtype"), json_path=args.json)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@ The candidate is ``AutoModelForCausalLM.from_pretrained(model_dir)``; the refere
 
 from __future__ import annotations
 
+import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,14 +62,22 @@ def make_tokens(vocab_size: int, batch: int = 2, seq: int = 24, seed: int = 0) -
     return torch.randint(0, vocab_size, (batch, seq), generator=g)
 
 
-def load_converted(model_dir: Path, device: str, dtype: str) -> Any:
-    """Load a converted directory as a user would, failing on any missing or unexpected key."""
+def load_converted(model_dir: Path, device: str, dtype: str, family: Family | None = None) -> Any:
+    """Load a converted directory as a user would, failing on any missing or unexpected key.
+
+    A family may export ``loading(config) -> context manager`` for what stock transformers cannot build
+    (RWKV with one layer); it wraps ``from_pretrained``.
+    """
     from transformers import AutoModelForCausalLM  # deferred: importing transformers costs seconds
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], output_loading_info=True)
+    hook = getattr(family, "loading", None) if family is not None else None
+    context = hook(json.loads((model_dir / "config.json").read_text())) if hook else nullcontext()
+    with context:
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype],
+                                                           output_loading_info=True)
     bad = {k: v for k, v in info.items() if v}
     if bad:
         raise AssertionError(f"{model_dir} does not load cleanly: {bad}")

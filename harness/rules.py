@@ -226,3 +226,38 @@ class Tie:
 
 RuleLike = Rule | Drop | Tie
 DimsFn = Callable[[Mapping[str, object]], dict[str, int]]
+
+
+class DequantizeSplit(Rule):
+    """A fused int8 [q | k | v] weight + per-row scaler -> three float blocks (gemma_pytorch ``quant=True``).
+
+    Per-row scales commute with the row split, so this is ``split_qkv(dequantize(w, s))``; the inverse merges
+    and re-quantises per row.
+    """
+
+    def __init__(self, weight: str, scaler: str, targets: Sequence[str], *, heads: str = "n_heads",
+                 kv_heads: str = "n_kv_heads", head_dim: str = "head_dim") -> None:
+        super().__init__([weight, scaler], targets)
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        w = transforms.dequantize(tensors[0], tensors[1], tensors[1].dtype)
+        return transforms.split_qkv(w, dims[self.heads], dims[self.kv_heads], dims[self.head_dim])
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return transforms.quantize(transforms.merge_qkv(*tensors))
+
+
+class RenameAt(Rename):
+    """A Rename whose source carries an index the target does not (``at``): mixformer-sequential's LM head is
+    ``layers.{head}.ln.weight`` with ``head = n_layer + 1``, but transformers names it ``model.final_layernorm``.
+
+    ``at``'s range (a callable in ``KeyMap(ranges=...)``) must give one value; more would produce the target
+    twice, which the ledger reports.
+    """
+
+    def __init__(self, source: str, target: str, *, at: str) -> None:
+        self.sources, self.targets, self.at = (Pattern(source),), (Pattern(target),), at
+        if at not in self.sources[0].names or self.sources[0].names - {at} != self.targets[0].names:
+            raise ValueError(f"RenameAt: {source!r} must carry {{{at}}} and otherwise the placeholders of "
+                             f"{target!r}")

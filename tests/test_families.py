@@ -51,7 +51,7 @@ def _read_upstream(family: str, case_dir: Path) -> tuple[SourceCheckpoint, torch
 def test_converter_reproduces_upstream(family: str, case_dir: Path, tmp_path: Path) -> None:
     source, tokens, expected = _read_upstream(family, case_dir)
     write_converted(FAMILIES[family].convert(source), tmp_path / "hf", dtype="float32")
-    model = load_converted(tmp_path / "hf", "cpu", "float32")
+    model = load_converted(tmp_path / "hf", "cpu", "float32", FAMILIES[family])
     with torch.no_grad():
         logits = model(tokens).logits.float()
     assert logits.shape == expected.shape
@@ -86,7 +86,7 @@ def test_parity(family: str, case: str, device: str, dtype: str, round_trips) ->
     if device == "cuda" and (reason := cuda_skip_reason()):
         pytest.skip(reason)
     rt = round_trips(family, case)
-    model = load_converted(rt.model_dir, device, dtype)
+    model = load_converted(rt.model_dir, device, dtype, FAMILIES[family])
     result = run_parity(FAMILIES[family], case, rt.source, model, device, dtype, make_tokens(rt.vocab_size))
     assert result.passed, f"{result.violations}; first divergent hidden state: {result.first_divergent_layer}"
 

@@ -1,0 +1,109 @@
+"""Gemma 1: google/gemma_pytorch checkpoints -> transformers ``GemmaForCausalLM``.
+
+Mirrors ``gemma/model.py`` and ``gemma/config.py`` of github.com/google/gemma_pytorch @ 014acb7a (the
+``Architecture.GEMMA_1`` path; line numbers below). Facts from golden/upstream/gemma/README.md: the fused
+``qkv_proj`` is split by rows; q/k need no rotary permutation (upstream rotates halves, as transformers does);
+norm weights are copied as stored (both sides apply 1 + w); the LM head is the embedder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from converters.gemma.source import DEFAULTS, shapes
+from harness.config_map import ConfigMap, Field
+from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.keymap import KeyMap
+from harness.rules import Dequantize, DequantizeSplit, Drop, Rename, Split, Tie
+
+__all__ = ["CONFIG", "KEYS", "convert", "invert"]
+
+# reference.py's hidden_activation -> transformers hidden_act. "gelu" would be rewritten to tanh by
+# GemmaConfig.__post_init__ (transformers 5.x), so exact erf GELU is spelled "gelu_python".
+_ACT = {"gelu_tanh": "gelu_pytorch_tanh", "gelu_exact": "gelu_python"}
+_LATER = "a Gemma 2/3 feature; source.read refuses it unless null/false"
+
+CONFIG = ConfigMap(
+    [
+        Field("vocab_size", "vocab_size"),  # no padding rows: embedder has exactly vocab_size rows (L524)
+        Field("hidden_size", "hidden_size"),
+        Field("intermediate_size", "intermediate_size"),
+        Field("num_hidden_layers", "num_hidden_layers"),
+        Field("num_attention_heads", "num_attention_heads"),
+        Field("num_key_value_heads", "num_key_value_heads"),
+        # Independent of hidden/heads (7b: 16 * 256 != 3072); transformers must be told (L226-239).
+        Field("head_dim", "head_dim", default=DEFAULTS["head_dim"]),
+        Field("rms_norm_eps", "rms_norm_eps", default=DEFAULTS["rms_norm_eps"]),
+        Field("max_position_embeddings", "max_position_embeddings", default=DEFAULTS["max_position_embeddings"]),
+        # F.gelu(approximate="tanh") since 0a7afad (L206-212); --gelu exact for the Feb-2024 code (09eee7b L197).
+        Field("hidden_activation", "hidden_act", default="gelu_tanh", to_target=lambda v, c: _ACT[v],
+              to_source=lambda v, c: {hf: ours for ours, hf in _ACT.items()}[v]),
+    ],
+    fixed={
+        "model_type": "gemma",
+        "architectures": ["GemmaForCausalLM"],
+        "tie_word_embeddings": True,  # Sampler: logits = h @ embedder.weight.T (L50, 608-619)
+        "attention_bias": False,  # Linear has no bias (L116-138)
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},  # _register_freqs_cis (L551-556)
+        "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,  # the SentencePiece model's ids
+    },
+    ignored={
+        "architecture": "must be GEMMA_1 (source.read checks it)",
+        "dtype": "activation dtype chosen at load time; tensors carry their own",
+        "quant": "selects the int8 key table; weights are dequantised",
+        "tokenizer": "path of the SentencePiece model, not part of the weights",
+        "rope_scaling_factor": _LATER, **dict.fromkeys(
+            ["attn_types", "sliding_window_size", "final_logit_softcapping", "attn_logit_softcapping",
+             "query_pre_attn_scalar", "use_pre_ffw_norm", "use_post_ffw_norm", "rope_wave_length",
+             "use_qk_norm", "vision_config"], _LATER),
+    },
+    name="config.json",
+)
+
+_L = "model.layers.{layer}"  # upstream and transformers share the per-layer names
+_QKV = [f"{_L}.self_attn.q_proj.weight", f"{_L}.self_attn.k_proj.weight", f"{_L}.self_attn.v_proj.weight"]
+_LINEAR = ["self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]  # same names both sides
+_NORMS = [
+    # (1 + w) on both sides (RMSNorm add_unit_offset, L166-190; GemmaRMSNorm): copy w as stored.
+    Rename(f"{_L}.input_layernorm.weight", f"{_L}.input_layernorm.weight"),
+    Rename(f"{_L}.post_attention_layernorm.weight", f"{_L}.post_attention_layernorm.weight"),  # pre-MLP norm
+    Rename("model.norm.weight", "model.norm.weight"),
+    Tie("lm_head.weight", to="model.embed_tokens.weight"),
+    Drop("freqs_cis", reason="rotary table (L554-555); transformers recomputes it", optional=True),
+]
+_RANGES = {"layer": "n_layers"}
+
+
+def _dims(c: dict[str, Any]) -> dict[str, int]:
+    return {"n_layers": c["num_hidden_layers"], "n_heads": c["num_attention_heads"],
+            "n_kv_heads": c["num_key_value_heads"], "head_dim": c["head_dim"]}
+
+
+KEYS = {
+    "default": KeyMap([
+        Rename("embedder.weight", "model.embed_tokens.weight"),  # sqrt(hidden) is applied at run time (L593-598)
+        # Rows [heads*hd | kv*hd | kv*hd], head-major (L277-283); kv head grouping matches repeat_kv (L301-306).
+        Split(f"{_L}.self_attn.qkv_proj.weight", _QKV),
+        *(Rename(f"{_L}.{m}.weight", f"{_L}.{m}.weight") for m in _LINEAR),
+        *_NORMS,
+    ], _RANGES, _dims),
+    # quant=True: every Linear and the Embedding hold int8 weight + weight_scaler [out] (L133-138, 158-163).
+    "quant": KeyMap([
+        Dequantize("embedder.weight", "embedder.weight_scaler", "model.embed_tokens.weight"),
+        DequantizeSplit(f"{_L}.self_attn.qkv_proj.weight", f"{_L}.self_attn.qkv_proj.weight_scaler", _QKV),
+        *(Dequantize(f"{_L}.{m}.weight", f"{_L}.{m}.weight_scaler", f"{_L}.{m}.weight") for m in _LINEAR),
+        *_NORMS,
+    ], _RANGES, _dims),
+}
+
+
+def convert(source: SourceCheckpoint) -> Converted:
+    """Config and tensor stream for ``GemmaForCausalLM``; the ledger checks keys and shapes first."""
+    layout = "quant" if source.config.get("quant") else "default"
+    expected = shapes(CONFIG.complete(source.config), layout)  # defaults filled in
+    return convert_with(source, CONFIG, KEYS[layout], expected)
+
+
+def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
+    """A transformers Gemma state dict back to gemma_pytorch's float layout (no freqs_cis, quant=False)."""
+    return invert_with(config, tensors, CONFIG, KEYS["default"])

@@ -1,0 +1,145 @@
+"""Phi: Microsoft's original phi-msft / mixformer-sequential checkpoints -> transformers ``PhiForCausalLM``.
+
+Mirrors the remote code on the Hub (golden/upstream/phi/README.md): phi-msft ``modeling_phi.py`` @
+awilliamson10/phineas@fe9cf5fb (``msft:``), its ``configuration_phi.py`` (``cfg:``) and mixformer
+``modeling_mixformer_sequential.py`` @ StarHawkMK1/myphi@92557d03 (``mix:``, first upload ``mix0:`` @ 16982066).
+The target is transformers 5.23 ``models/phi`` (``tf5:``). Its ``conversion_mapping.py`` knows neither original
+layout, so every key is renamed here. Both layouts share one block: a single LayerNorm feeding attention and
+MLP in parallel (msft:767-781), which is ``input_layernorm`` in transformers (tf5:257, 286).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from converters.phi.source import DEFAULTS, shapes, sizes
+from harness.config_map import ConfigMap, Field
+from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.errors import ConversionError
+from harness.keymap import KeyMap
+from harness.rules import Drop, Rename, RenameAt, RuleLike, Split
+
+__all__ = ["CONFIG", "KEYS", "convert", "invert"]
+
+ROPE_THETA = 10000.0  # MHA(rotary_base=10000.0) (msft:518); never read from the config
+
+
+def _model_type(value: str, c: Mapping[str, Any]) -> str:
+    if value not in ("phi-msft", "mixformer-sequential"):
+        raise ConversionError(f"config.json: model_type {value!r} is not an original Phi layout; expected 'phi-msft'"
+                              " or 'mixformer-sequential' (a transformers 'phi' folder needs no conversion)")
+    return "phi"
+
+
+def _rope(rotary_dim: int, c: Mapping[str, Any]) -> dict[str, Any]:
+    """tf5:168 takes ``int(head_dim * factor)`` dims: pick the smallest float factor that gives exactly rotary_dim.
+
+    rotary_dim/head_dim can round down (30/44·44 = 29.999...); nudging it up one ulp at a time fixes that.
+    """
+    s = sizes(c)
+    rotary, head_dim = s["rotary_dim"], s["head_dim"]  # clamped to head_dim (cfg:51)
+    factor = rotary / head_dim
+    while int(head_dim * factor) < rotary:
+        factor = math.nextafter(factor, math.inf)
+    return {"rope_type": "default", "rope_theta": ROPE_THETA, "partial_rotary_factor": factor}
+
+
+def _rotary_dim(rope: Mapping[str, Any], t: Mapping[str, Any]) -> int:
+    return int(t["hidden_size"] // t["num_attention_heads"] * rope["partial_rotary_factor"])
+
+
+def _untied(value: bool, c: Mapping[str, Any]) -> bool:
+    if value:
+        raise ConversionError("config.json: tie_word_embeddings is true, but Phi's lm_head.linear is its own biased "
+                              "Linear (msft:798-803); set it to false")
+    return False
+
+
+CONFIG = ConfigMap(
+    [
+        Field("model_type", "model_type", default="phi-msft", to_target=_model_type, to_source=lambda v, t: "phi-msft"),
+        Field("n_embd", "hidden_size"),
+        Field("n_layer", "num_hidden_layers"),
+        Field("n_head", "num_attention_heads"),
+        Field("n_head_kv", "num_key_value_heads", default=DEFAULTS["n_head_kv"],
+              to_target=lambda v, c: sizes(c)["n_head_kv"]),
+        Field("n_inner", "intermediate_size", default=DEFAULTS["n_inner"], to_target=lambda v, c: sizes(c)["n_inner"]),
+        Field("n_positions", "max_position_embeddings", default=DEFAULTS["n_positions"]),
+        Field("rotary_dim", "rope_parameters", default=DEFAULTS["rotary_dim"], to_target=_rope, to_source=_rotary_dim),
+        Field("activation_function", "hidden_act", default=DEFAULTS["activation_function"]),  # ACT2FN (msft:317)
+        Field("layer_norm_epsilon", "layer_norm_eps", default=DEFAULTS["layer_norm_epsilon"]),
+        # The embedding has the padded row count (cfg:44) and so do the logits: vocab_size = rows, never cut.
+        # pad_vocab_size_multiple folds into the same target; inverted, the rows are the vocabulary (multiple 1).
+        Field("vocab_size", "vocab_size", to_target=lambda v, c: sizes(c)["vocab_rows"]),
+        Field("pad_vocab_size_multiple", "vocab_size", default=DEFAULTS["pad_vocab_size_multiple"],
+              to_target=lambda v, c: sizes(c)["vocab_rows"], to_source=lambda v, t: 1),
+        Field("resid_pdrop", "resid_pdrop", default=DEFAULTS["resid_pdrop"]),
+        Field("embd_pdrop", "embd_pdrop", default=DEFAULTS["embd_pdrop"]),
+        Field("attn_pdrop", "attention_dropout", default=DEFAULTS["attn_pdrop"]),
+        Field("initializer_range", "initializer_range", default=DEFAULTS["initializer_range"]),
+        Field("tie_word_embeddings", "tie_word_embeddings", default=False, to_target=_untied),
+    ],
+    fixed={
+        "architectures": ["PhiForCausalLM"],
+        "qk_layernorm": False,  # the original has no q/k LayerNorm
+    },
+    ignored={
+        "_name_or_path": "where save_pretrained loaded from; no numerics",
+        "architectures": "the original class name; the output is PhiForCausalLM",
+        "auto_map": "remote-code entry points; the output needs no remote code",
+        "torch_dtype": "storage dtype of the weights; the tensors carry their own",
+        "transformers_version": "the version that wrote the file",
+        "flash_attn": "picks FlashSelfAttention over SelfAttention, same math (MHA.__init__)",
+        "flash_rotary": "picks FlashRotaryEmbedding over RotaryEmbedding, same math (MHA.__init__)",
+        "fused_dense": "picks FusedDense over nn.Linear, same weights (MHA.__init__)",
+        "architecture": "first-upload block/mixer/mlp classes; only 'parallel' + 'mlp' exist in the released "
+                        "files, and any other MLP class names keys that the ledger rejects",
+        "embd_layer": "first-upload embedding class; 'default' is the plain wte lookup",
+        "phyagi_version": "version of Microsoft's training library",
+        "img_processor": "phi-2's unused multimodal hook; null in every release",
+    },
+    name="config.json",
+)
+
+_BLOCK = {  # source block suffix -> transformers decoder-layer suffix (msft:753, 562-563, 315-316)
+    "ln": "input_layernorm", "mixer.out_proj": "self_attn.dense", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+}
+_ATTN = "model.layers.{layer}.self_attn"
+_DROP = Drop("*rotary_emb.inv_freq", reason="rotary cache, recomputed from rope_theta (mix0:75 stored it)",
+             optional=True)
+
+
+def _table(embed: str, block: str, head: str, at: str | None = None) -> list[RuleLike]:
+    """One layout's rules: ``block`` is the decoder layer's key prefix, ``head`` the LM head's (indexed by ``at``)."""
+    rules: list[RuleLike] = [Rename(embed, "model.embed_tokens.weight"), _DROP]
+    for p in ("weight", "bias"):
+        rules += [Rename(f"{block}.{src}.{p}", f"model.layers.{{layer}}.{dst}.{p}") for src, dst in _BLOCK.items()]
+        # Wqkv rows are [Q | K | V], each head-major (msft:594, 633-637): a plain row split, NOT per-head interleaved.
+        rules.append(Split(f"{block}.mixer.Wqkv.{p}", [f"{_ATTN}.{x}_proj.{p}" for x in "qkv"],
+                           heads="n_head", kv_heads="n_head_kv"))
+        for src, dst in ((f"{head}.ln.{p}", f"model.final_layernorm.{p}"), (f"{head}.linear.{p}", f"lm_head.{p}")):
+            rules.append(Rename(src, dst) if at is None else RenameAt(src, dst, at=at))  # msft:798-803
+    return rules
+
+
+_MIXFORMER = KeyMap(_table("layers.0.wte.weight", "layers.{layer+1}", "layers.{head}", at="head"),
+                    {"layer": "n_layer", "head": lambda d: [d["n_layer"] + 1]}, sizes)  # mix:817-821
+KEYS = {
+    "phi-msft": KeyMap(_table("transformer.embd.wte.weight", "transformer.h.{layer}", "lm_head"),
+                       {"layer": "n_layer"}, sizes),  # msft:895-896, 933-934
+    "mixformer-sequential": _MIXFORMER,
+    "mixformer-v0": _MIXFORMER,  # same keys plus the inv_freq buffers that _DROP removes
+}
+
+
+def convert(source: SourceCheckpoint) -> Converted:
+    """Config and tensor stream for ``PhiForCausalLM``; the ledger checks keys and shapes first."""
+    layout = source.layout if source.layout in KEYS else "phi-msft"
+    return convert_with(source, CONFIG, KEYS[layout], shapes(CONFIG.complete(source.config), layout))
+
+
+def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
+    """A transformers Phi state dict back to the phi-msft layout (the newer of the two)."""
+    return invert_with(config, tensors, CONFIG, KEYS["phi-msft"], layout="phi-msft")
