@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +22,9 @@ _EPILOG = """examples:
   convparity check                                  prove every converter (tiny models, all devices/dtypes)
   convparity check mixtral --dtypes float32         one family, one dtype
   convparity convert mixtral ./Mixtral-8x7B ./out   convert a real checkpoint
+  convparity check --report parity.md --json parity.json   a parity report for review
+  convparity gate --base origin/main --junit junit.xml     CI: only the families a change touches
+  convparity mutate mixtral                         plant known converter bugs; all must be caught
   convparity describe mixtral                       the key and config tables of a converter
 """
 
@@ -76,8 +78,22 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--devices", default=",".join(devices()), help="comma-separated (default: %(default)s; "
                                                                       "cuda is skipped where absent)")
     check.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated (default: %(default)s)")
-    check.add_argument("--json", type=Path, metavar="FILE", help="also write every result as JSON")
+    check.add_argument("--json", type=Path, metavar="FILE", help="write every result, with environment, as JSON")
+    check.add_argument("--report", type=Path, metavar="FILE.md", help="write a Markdown parity report: environment, "
+                                                                      "command, every case against its tolerance")
     check.set_defaults(run=_check)
+
+    gate = sub.add_parser("gate", help="check only the families changed since a git ref (for CI)",
+                          description="Map the files changed since --base to the families they affect "
+                                      "(converters/<f>/ -> f; harness/, pyproject.toml, constraints.txt, tox.ini "
+                                      "-> all), run the parity matrix and golden snapshot checks for those, write "
+                                      "JUnit XML and a Markdown summary, exit 1 on any failure.")
+    gate.add_argument("--base", required=True, metavar="REF", help="git ref to compare with, e.g. origin/main")
+    gate.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML (one test case per cell)")
+    gate.add_argument("--markdown", type=Path, metavar="FILE", help="write a summary fit for a PR comment")
+    gate.add_argument("--devices", default=",".join(devices()), help="comma-separated (default: %(default)s)")
+    gate.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated (default: %(default)s)")
+    gate.set_defaults(run=_gate)
 
     mutate = sub.add_parser("mutate", help="plant known converter bugs and check that parity catches each one",
                             description="Apply each planted bug of the mutation catalogue to a family's conversion "
@@ -115,6 +131,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from harness.check import check_family
+    from harness.report import write_json, write_markdown
 
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
     dtypes = _choices(args.dtypes, DTYPES, "dtype")
@@ -134,8 +151,17 @@ def _check(args: argparse.Namespace) -> int:
         where = f"; first divergent hidden state {r.first_divergent_layer}" if r.first_divergent_layer else ""
         print(f"FAIL {r.family}-{r.case}-{r.device}-{r.dtype}: {'; '.join(r.violations)}{where}")
     if args.json:
-        args.json.write_text(json.dumps([_record(r) for r in results], indent=2) + "\n")
+        write_json(results, args.json)
+    if args.report:
+        write_markdown(results, args.report)
     return 1 if failed else 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from harness.gate import run_gate
+
+    return run_gate(args.base, families(), _choices(args.devices, devices(), "device"),
+                    _choices(args.dtypes, DTYPES, "dtype"), junit=args.junit, markdown=args.markdown)
 
 
 def _mutate(args: argparse.Namespace) -> int:
@@ -180,12 +206,6 @@ def _row(r: ParityResult) -> str:
     m = r.metrics
     return _ROW.format(r.family, r.case, r.device, r.dtype, f"{m.max_abs:.2e}", f"{m.cosine:.8f}",
                        f"{m.top1:.3f}", f"{m.kl:.1e}", r.status)
-
-
-def _record(r: ParityResult) -> dict[str, object]:
-    return {"family": r.family, "case": r.case, "device": r.device, "dtype": r.dtype, "status": r.status,
-            "metrics": r.metrics.as_dict() if r.metrics else None, "violations": r.violations,
-            "skipped": r.skipped}
 
 
 def _choices(text: str, allowed: Sequence[str], what: str) -> list[str]:

@@ -34,6 +34,8 @@ class ParityResult:
     skipped: str | None = None
     first_divergent_layer: int | None = None
     noise: float | None = None  # max |reference in dtype - reference in float32|; None in float32
+    source_sha256: str | None = None  # of the source files the case was converted from
+    seconds: float = 0.0
 
     @property
     def passed(self) -> bool:

@@ -15,10 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.check import round_trip
 from harness.conversion import SourceCheckpoint
 from harness.metrics import DTYPES
-from harness.parity import cuda_skip_reason, load_converted, make_tokens, run_parity
+from harness.parity import load_converted, make_tokens, run_parity
 from harness.registry import families
 from harness.runner import write_converted
 from harness.tensor_store import TensorStore
@@ -68,24 +67,9 @@ def test_reference_reproduces_upstream(family: str, case_dir: Path) -> None:
     assert (logits - expected).abs().max().item() <= UPSTREAM_ATOL
 
 
-@pytest.fixture(scope="module")
-def round_trips(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    cache: dict = {}
-
-    def get(family: str, case: str):
-        if (family, case) not in cache:
-            workdir = tmp_path_factory.mktemp(f"{family}-{case}")
-            cache[family, case] = round_trip(FAMILIES[family], case, FAMILIES[family].CASES[case], workdir)
-        return cache[family, case]
-
-    return get
-
-
 @pytest.mark.parametrize(("family", "case", "device", "dtype"), MATRIX)
-def test_parity(family: str, case: str, device: str, dtype: str, round_trips) -> None:
-    if device == "cuda" and (reason := cuda_skip_reason()):
-        pytest.skip(reason)
-    rt = round_trips(family, case)
+def test_parity(family: str, case: str, device: str, dtype: str, convparity_round_trip) -> None:
+    rt = convparity_round_trip(family, case)
     model = load_converted(rt.model_dir, device, dtype, FAMILIES[family])
     result = run_parity(FAMILIES[family], case, rt.source, model, device, dtype, make_tokens(rt.vocab_size))
     assert result.passed, f"{result.violations}; first divergent hidden state: {result.first_divergent_layer}"
