@@ -68,6 +68,10 @@ CONFIG = ConfigMap(
         Field("n_inner", "intermediate_size", default=DEFAULTS["n_inner"], to_target=lambda v, c: sizes(c)["n_inner"]),
         Field("n_positions", "max_position_embeddings", default=DEFAULTS["n_positions"]),
         Field("rotary_dim", "rope_parameters", default=DEFAULTS["rotary_dim"], to_target=_rope, to_source=_rotary_dim),
+        # transformers 4.x reads the factor at the top level and ignores rope_parameters: write it there too.
+        Field("rotary_dim", "partial_rotary_factor", default=DEFAULTS["rotary_dim"],
+              to_target=lambda v, c: _rope(v, c)["partial_rotary_factor"],
+              to_source=lambda v, t: _rotary_dim({"partial_rotary_factor": v}, t)),
         Field("activation_function", "hidden_act", default=DEFAULTS["activation_function"]),  # ACT2FN (msft:317)
         Field("layer_norm_epsilon", "layer_norm_eps", default=DEFAULTS["layer_norm_epsilon"]),
         # The embedding has the padded row count (cfg:44) and so do the logits: vocab_size = rows, never cut.
@@ -84,6 +88,7 @@ CONFIG = ConfigMap(
     fixed={
         "architectures": ["PhiForCausalLM"],
         "qk_layernorm": False,  # the original has no q/k LayerNorm
+        "rope_theta": ROPE_THETA,  # transformers 4.x reads it here; 5.x from rope_parameters
     },
     ignored={
         "_name_or_path": "where save_pretrained loaded from; no numerics",

@@ -90,9 +90,10 @@ KEYS = KeyMap(
 
 # HF L378: RwkvPreTrainedModel._init_weights computes layer_id / (num_hidden_layers - 1), run by
 # from_pretrained too, so stock transformers raises ZeroDivisionError on any 1-layer RWKV.
-ONE_LAYER_NOTE = ("this is a 1-layer RWKV: the converted weights are exact, but stock transformers cannot load it "
-                  "(RwkvPreTrainedModel._init_weights divides by num_hidden_layers - 1 and raises "
-                  "ZeroDivisionError in from_pretrained); load it with that method patched to a no-op")
+ONE_LAYER_NOTE = ("this is a 1-layer RWKV: the converted weights are exact, but stock transformers 5.x cannot load "
+                  "it (RwkvPreTrainedModel._init_weights divides by num_hidden_layers - 1 and raises "
+                  "ZeroDivisionError in from_pretrained; 4.57 loads it); load it with that method patched to a "
+                  "no-op, as converters.rwkv.loading does")
 
 
 def convert(source: SourceCheckpoint) -> Converted:
