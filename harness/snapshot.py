@@ -33,7 +33,7 @@ def take_snapshot(config: dict[str, Any], tensors: dict[str, torch.Tensor], logi
 
     >>> s = take_snapshot({"a": 1}, {"w": torch.zeros(2)}, torch.zeros(1, 2, 3))
     >>> s["tensors"]["w"]
-    'float32 [2] sha256:cd77f6e0fba5d4a5'
+    'float32 [2] sha256:af5570f5a1810b7a'
     """
     flat = logits.detach().double().flatten()
     index = torch.linspace(0, flat.numel() - 1, min(LOGITS_SAMPLE, flat.numel())).round().long()

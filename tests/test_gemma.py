@@ -185,7 +185,7 @@ def test_bad_paths_and_options_get_one_line(source_dir: Path, tmp_path: Path, ca
     assert "not both" in _cli_error(capsys, str(source_dir), out, "--variant", "2b", "--config",
                                     str(source_dir / "config.json"))
     (source_dir / "config.json").unlink()
-    assert "expected config.json (gemma_pytorch GemmaConfig fields) beside the weights" in _cli_error(
+    assert "expected config.json beside the weights" in _cli_error(
         capsys, str(source_dir), out)
     assert not Path(out).exists()
 

@@ -43,7 +43,8 @@ def test_golden_lifecycle(pytester: pytest.Pytester) -> None:
     changed.stdout.fnmatch_lines([
         "*config.rope_theta: golden 10000.0, now 1000000.0*",
         f"*tensor changed: {name}*",
-        "*logits: 1 of 64 sampled values differ by more than 0.0001; max abs 0.5*first differing sample indices [[]3[]]*",
+        "*logits: 1 of 64 sampled values differ by more than 0.0001; max abs 0.5*"
+        "first differing sample indices [[]3[]]*",
     ])
     assert golden.with_suffix(".obtained.json").exists()
 

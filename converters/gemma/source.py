@@ -18,6 +18,7 @@ import torch
 from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
 from harness.registry import Case
+from harness.source_files import index_shards, read_json_config
 from harness.tensor_store import TensorStore, open_torch
 from harness.tiny import random_weights
 from harness.transforms import quantize
@@ -121,7 +122,7 @@ def read(path: Path, config: Path | None = None, *, variant: str | None = None, 
     if path.is_file():
         tensors = open_torch(path, key="model_state_dict")
     elif (folder / INDEX).is_file():
-        tensors = TensorStore.merge(open_torch(f) for f in _shards(folder))
+        tensors = TensorStore.merge(open_torch(f) for f in index_shards(folder / INDEX))
     else:
         ckpts = sorted(folder.glob("*.ckpt"))
         if len(ckpts) != 1:
@@ -166,15 +167,8 @@ def _params(folder: Path, config: Path | None, variant: str | None) -> dict[str,
             raise ConversionError(f"unknown --variant {variant!r}; choose one of {', '.join(sorted(SIZES))}")
         return dict(SIZES[variant])
     file = config or folder / CONFIG_JSON
-    if not file.is_file():
-        raise ConversionError(f"expected {CONFIG_JSON} (gemma_pytorch GemmaConfig fields) beside the weights in "
-                              f"{folder}; pass --config FILE or --variant {{{','.join(sorted(SIZES))}}}")
-    try:
-        params = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{file} is not valid JSON: {err}") from None
-    if not isinstance(params, dict):
-        raise ConversionError(f"{file} must hold a JSON object of GemmaConfig fields, found {type(params).__name__}")
+    params = read_json_config(file, f"gemma_pytorch GemmaConfig fields; pass --config FILE or "
+                                    f"--variant {{{','.join(sorted(SIZES))}}}")
     if "hidden_activation" in params:
         raise ConversionError(f"{file}: hidden_activation is not a GemmaConfig field; pass --gelu exact instead")
     _check_gemma_1(params, file)
@@ -190,19 +184,6 @@ def _check_gemma_1(params: dict[str, Any], file: Path) -> None:
         ["rope_scaling_factor"] if params.get("rope_scaling_factor") not in (None, 1) else [])
     if enabled:
         raise ConversionError(f"{file}: Gemma 2/3 field(s) {enabled} are set; Gemma 1 leaves them null/false")
-
-
-def _shards(folder: Path) -> list[Path]:
-    try:
-        weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ConversionError(f"{folder / INDEX} has no readable weight_map ({err}); expected "
-                              f'{{"weight_map": {{key: shard file}}}}') from None
-    files = [folder / name for name in sorted(set(weight_map.values()))]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise ConversionError(f"{INDEX} in {folder} names shard(s) {missing} that are not there")
-    return files
 
 
 def _freqs_cis(head_dim: int, n: int) -> torch.Tensor:

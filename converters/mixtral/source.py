@@ -19,7 +19,8 @@ import torch
 from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
 from harness.registry import Case
-from harness.tensor_store import TensorStore, open_safetensors, open_torch
+from harness.source_files import open_weights, read_json_config
+from harness.tensor_store import TensorStore
 from harness.tiny import random_weights
 
 __all__ = ["CASES", "CONTAINERS", "SIZES", "read", "shapes", "tiny", "write"]
@@ -88,16 +89,8 @@ def tiny(seed: int = 0, layout: str = "experts", **overrides: Any) -> SourceChec
 def read(path: Path, config: Path | None = None) -> SourceCheckpoint:
     """Read a directory (or one weights file in it) in any container; ``config`` replaces params.json."""
     folder = path if path.is_dir() else path.parent
-    params_file = config or folder / PARAMS
-    if not params_file.is_file():
-        raise ConversionError(f"expected {PARAMS} beside the weights in {folder}; pass --config FILE")
-    try:
-        params = json.loads(params_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{params_file} is not valid JSON: {err}") from None
-    files = [path] if path.is_file() else _weight_files(folder)
-    stores = [open_safetensors(f) if f.suffix == ".safetensors" else open_torch(f) for f in files]
-    tensors = TensorStore.merge(stores)
+    params = read_json_config(config or folder / PARAMS, "pass --config FILE")
+    tensors = open_weights([path] if path.is_file() else _weight_files(folder))
     layout = "fused" if any(".block_sparse_moe.w1" in k for k in tensors) else "experts"
     return SourceCheckpoint(params, tensors, layout, path)
 

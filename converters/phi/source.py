@@ -25,7 +25,8 @@ import torch
 from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
 from harness.registry import Case
-from harness.tensor_store import TensorStore, open_safetensors, open_torch
+from harness.source_files import index_shards, open_weights, read_json_config
+from harness.tensor_store import TensorStore
 from harness.tiny import random_weights
 
 __all__ = ["CASES", "CONTAINERS", "DEFAULTS", "LAYOUTS", "SIZES", "read", "shapes", "sizes", "tiny", "write"]
@@ -129,15 +130,9 @@ def tiny(seed: int = 0, layout: str = "phi-msft", **overrides: Any) -> SourceChe
 def read(path: Path, config: Path | None = None) -> SourceCheckpoint:
     """Read a directory (or one weights file in it) in any container; ``config`` replaces config.json."""
     folder = path if path.is_dir() else path.parent
-    config_file = config or folder / CONFIG_FILE
-    if not config_file.is_file():
-        raise ConversionError(f"expected {CONFIG_FILE} beside the weights in {folder}; pass --config FILE")
-    try:
-        params = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{config_file} is not valid JSON: {err}") from None
+    params = read_json_config(config or folder / CONFIG_FILE, "pass --config FILE")
     files = [path] if path.is_file() else _weight_files(folder)
-    tensors = TensorStore.merge(open_safetensors(f) if f.suffix == ".safetensors" else open_torch(f) for f in files)
+    tensors = open_weights(files)
     return SourceCheckpoint(params, tensors, _layout(tensors, params), path)
 
 
@@ -173,14 +168,7 @@ def _weight_files(folder: Path) -> list[Path]:
         raise ConversionError(f"no weights in {folder}: expected pytorch_model.bin, model.safetensors or {INDEX}")
     if INDEX not in found:
         return list(found.values())
-    try:
-        names = sorted(set(json.loads(found[INDEX].read_text())["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, AttributeError) as err:
-        raise ConversionError(f"{found[INDEX]} is not a shard index with a weight_map: {err!r}") from None
-    missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        raise ConversionError(f"{found[INDEX]} names shard(s) {missing} that are not in {folder}; copy them there")
-    return [folder / n for n in names]
+    return index_shards(found[INDEX])
 
 
 def _layout(tensors: TensorStore, config: dict[str, Any]) -> str:

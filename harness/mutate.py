@@ -1,0 +1,269 @@
+"""``convparity mutate``: plant every bug of the catalogue in a family's conversion and show parity catches it.
+
+Per family and case (the family's ``CASES`` plus the mutation-only ``CASES`` of ``converters/<family>/mutants.py``):
+the tiny source is written in its upstream layout, read back and converted, as ``convparity check`` does. Each
+mutant then edits the clean conversion's config and tensor stream (never a file of the converter); the result
+is written with the streaming writer, loaded with ``from_pretrained`` and held to the same parity check. A
+mutant is *killed* when some case fails (a metric over its bound, a load that reports bad keys, a forward that
+raises, or logits of the wrong vocabulary width); *not applicable* when it changes nothing in any case.
+
+Low precision is tested as a checkpoint dtype: the conversion is written in that dtype and evaluated in float32
+against the reference run on the weights that checkpoint holds (the family's ``invert`` of the rounded clean
+output), so the float32 bound applies. Comparing low-precision compute instead would bury 1e-3 bugs (exact vs
+tanh GELU) under ~1e-1 of rounding noise. Working from the rounded *output* rather than a rounded source keeps
+this honest for conversions that do arithmetic (gemma's int8 dequantisation): the reference sees exactly the
+values the written checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.conversion import SourceCheckpoint, TensorSpec
+from harness.metrics import DTYPES
+from harness.mutants import MUTANTS, Mutable, Mutant
+from harness.parity import load_converted, make_tokens, run_parity
+from harness.registry import Case, Family
+from harness.writer import write_model_dir
+
+__all__ = ["BATCH", "SEQ", "CaseRun", "Record", "cases_for", "evaluate", "mutants_for", "prepare", "run_family",
+           "run_mutate"]
+
+BATCH, SEQ = 2, 32  # long enough that rotary-frequency and position errors reach the logits
+
+
+@dataclass
+class CaseRun:
+    """One case ready for mutation: the source as read back, its clean conversion, the tokens."""
+
+    name: str
+    source: SourceCheckpoint
+    clean: Mutable
+    tokens: torch.Tensor
+    vocab_size: int
+
+
+@dataclass
+class Record:
+    """The verdict on one mutant of one family in one checkpoint dtype (``margin`` = error / bound)."""
+
+    family: str
+    mutant: str
+    dtype: str
+    applicable: bool
+    killed: bool
+    case: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    bound: float | None = None
+    margin: float | None = None
+    detail: str = ""
+    about: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["margin"] is not None and math.isinf(d["margin"]):
+            d["margin"] = None  # structural kills (load, forward, width) have no numeric margin
+        return d
+
+
+def mutants_for(family: Family) -> list[Mutant]:
+    """The generic catalogue plus the family's own ``converters/<family>/mutants.py`` ``MUTANTS``."""
+    return MUTANTS + list(getattr(_family_mutants(family), "MUTANTS", []))
+
+
+def cases_for(family: Family) -> dict[str, Case]:
+    """The family's ``CASES`` plus its mutation-only ``CASES`` (configs where a planted bug matters)."""
+    return {**family.CASES, **getattr(_family_mutants(family), "CASES", {})}
+
+
+def prepare(family: Family, name: str, case: Case, workdir: Path, seed: int = 0) -> CaseRun:
+    """Write the case's tiny source, read it back and convert it (as ``harness.check.round_trip`` does)."""
+    source_dir = workdir / name / "source"
+    family.write(family.tiny(seed, layout=case.layout, **case.config), source_dir, container=case.container)
+    source = family.read(source_dir)
+    converted = family.convert(source)
+    clean = Mutable.of(converted, source.config)
+    vocab = int(converted.config["vocab_size"])
+    return CaseRun(name, source, clean, make_tokens(vocab, batch=BATCH, seq=SEQ, seed=1), vocab)
+
+
+def reference_source(family: Family, run: CaseRun, dtype: str) -> SourceCheckpoint:
+    """What the reference runs on: the source itself in float32; for a low-precision checkpoint, the source
+    that checkpoint holds (``invert`` of the rounded clean output, in float32)."""
+    if dtype == "float32":
+        return run.source
+    rounded = {k: _round(t, DTYPES[dtype]) for k, t in run.clean.tensors.items()}
+    return family.invert(dict(run.clean.config), rounded)
+
+
+def evaluate(family: Family, run: CaseRun, m: Mutable, reference: SourceCheckpoint, dtype: str,
+             workdir: Path) -> Record:
+    """Write ``m`` as a ``dtype`` checkpoint, load it, and hold it to float32 parity against ``reference``."""
+    out = Path(tempfile.mkdtemp(dir=workdir)) / "hf"
+    try:
+        _write(m, out, DTYPES[dtype])
+        try:
+            model = load_converted(out, "cpu", "float32", family)
+        except Exception as err:  # noqa: BLE001 - any load failure is the check catching the conversion
+            return _killed(run, dtype, "load", f"{type(err).__name__}: {_first_line(err)}")
+        try:
+            result = run_parity(family, run.name, reference, model, "cpu", "float32", run.tokens)
+        except Exception as err:  # noqa: BLE001 - a crash on valid tokens fails the check as well
+            return _killed(run, dtype, "forward", f"{type(err).__name__}: {_first_line(err)}")
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+    assert result.metrics is not None and result.tolerance is not None
+    bound = result.tolerance.max_abs_bound(result.noise)
+    value = result.metrics.max_abs
+    width = int(model.config.vocab_size)
+    if width != run.vocab_size:  # run_parity cuts the reference to the candidate's width; a short cut hides there
+        return Record("", "", dtype, True, True, run.name, "vocab", float(width), float(run.vocab_size),
+                      math.inf, f"vocab_size {width} != {run.vocab_size}")
+    metric = result.violations[0].split()[0] if result.violations else "max_abs"
+    return Record("", "", dtype, True, bool(result.violations), run.name, metric, value, bound, value / bound,
+                  "; ".join(result.violations))
+
+
+def run_family(family: Family, dtypes: list[str], workdir: Path) -> tuple[list[Record], list[Record]]:
+    """(mutant records, clean-control records) for one family: mutant x dtype, trying cases until one kills."""
+    runs = [prepare(family, name, case, workdir) for name, case in cases_for(family).items()]
+    refs = {(r.name, d): reference_source(family, r, d) for r in runs for d in dtypes}
+    controls = []
+    for run in runs:
+        for dtype in dtypes:
+            rec = evaluate(family, run, run.clean, refs[run.name, dtype], dtype, workdir)
+            rec.family, rec.mutant, rec.applicable = family.name, "(clean)", False
+            controls.append(rec)
+    records = []
+    for mutant in mutants_for(family):
+        planted = [(run, _plant(mutant, run.clean)) for run in runs]
+        live = [(run, m) for run, m in planted if not m.same_as(run.clean)]
+        for dtype in dtypes:
+            rec = Record(family.name, mutant.__name__, dtype, bool(live), False, detail="changes nothing here")
+            for run, m in live:
+                rec = evaluate(family, run, m, refs[run.name, dtype], dtype, workdir)
+                if rec.killed:
+                    break
+            rec.family, rec.mutant, rec.about = family.name, mutant.__name__, _about(mutant)
+            records.append(rec)
+    return records, controls
+
+
+def run_mutate(families: list[Family], dtypes: list[str], json_path: Path | None) -> int:
+    """``convparity mutate``: the kill table and rates on the terminal, records as JSON; 1 if any survives."""
+    start = time.perf_counter()
+    records: list[Record] = []
+    controls: list[Record] = []
+    print(_row("family", "mutant", dtypes))
+    with _workdir() as workdir:
+        for fam in families:
+            recs, ctrl = run_family(fam, dtypes, workdir)
+            records += recs
+            controls += ctrl
+            for name in dict.fromkeys(r.mutant for r in recs):
+                cells = [_cell(r) for d in dtypes for r in recs if r.mutant == name and r.dtype == d]
+                print(_row(fam.name, name, cells), flush=True)
+    print()
+    for line in summary(records, controls):
+        print(line)
+    print(f"in {time.perf_counter() - start:.1f}s")
+    if json_path is not None:
+        json_path.write_text(json.dumps([r.as_dict() for r in records + controls], indent=2) + "\n")
+    survived = [r for r in records if r.applicable and not r.killed]
+    false_failures = [r for r in controls if r.killed]
+    return 1 if survived or false_failures else 0
+
+
+def summary(records: list[Record], controls: list[Record]) -> list[str]:
+    """Kill rate per family and dtype, survivors, false failures and the closest calls."""
+    lines = []
+    for fam in dict.fromkeys(r.family for r in records):
+        for dtype in dict.fromkeys(r.dtype for r in records):
+            rs = [r for r in records if r.family == fam and r.dtype == dtype]
+            app = [r for r in rs if r.applicable]
+            killed = [r for r in app if r.killed]
+            rate = 100.0 * len(killed) / len(app) if app else 100.0
+            lines.append(f"{fam:<9} {dtype:<9} {len(rs):>3} mutants, {len(app):>3} applicable, {len(killed):>3} "
+                         f"killed: {rate:.0f}%")
+    lines += [f"SURVIVED {r.family} {r.mutant} {r.dtype}: {r.detail}" for r in records if r.applicable and not r.killed]
+    lines += [f"FALSE FAILURE {r.family} {r.case} {r.dtype}: {r.detail}" for r in controls if r.killed]
+    numeric = [r for r in records if r.killed and r.margin is not None and math.isfinite(r.margin)]
+    if numeric:
+        c = min(numeric, key=lambda r: r.margin or 0)
+        lines.append(f"closest kill: {c.family} {c.mutant} {c.dtype} on {c.case}: {c.metric} {c.value:.3g} vs bound "
+                     f"{c.bound:.3g} ({c.margin:.3g}x)")
+    clean = [r for r in controls if r.margin is not None]
+    if clean:
+        c = max(clean, key=lambda r: r.margin or 0)
+        lines.append(f"largest clean error: {c.family} {c.case} {c.dtype}: max_abs {c.value:.3g} vs bound "
+                     f"{c.bound:.3g} ({c.margin:.3g}x)")
+    return lines
+
+
+def _row(family: str, mutant: str, cells: list[str]) -> str:
+    return f"{family:<9} {mutant:<30} " + " ".join(f"{c:<40}" for c in cells).rstrip()
+
+
+def _cell(r: Record) -> str:
+    if not r.applicable:
+        return "n/a"
+    if not r.killed:
+        return "SURVIVED"
+    ratio = f" {r.margin:.3g}x" if r.margin is not None and math.isfinite(r.margin) else ""
+    return f"killed ({r.metric}{ratio}, {r.case})"
+
+
+def _plant(mutant: Mutant, clean: Mutable) -> Mutable:
+    m = clean.copy()
+    mutant(m)
+    return m
+
+
+def _killed(run: CaseRun, dtype: str, metric: str, detail: str) -> Record:
+    return Record("", "", dtype, True, True, run.name, metric, None, None, math.inf, detail)
+
+
+def _write(m: Mutable, out: Path, dtype: torch.dtype) -> None:
+    tensors = {k: (t.to(dtype) if t.is_floating_point() else t).contiguous() for k, t in m.tensors.items()}
+    specs = [TensorSpec(k, tuple(t.shape), t.dtype) for k, t in tensors.items()]
+    write_model_dir(out, {**m.config, "dtype": str(dtype)[6:]}, specs, tensors.items(), 2**62)
+
+
+def _round(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype).float() if t.is_floating_point() else t
+
+
+def _about(mutant: Mutant) -> str:
+    return " ".join((mutant.__doc__ or "").split(".")[0].split())
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:200]
+
+
+def _family_mutants(family: Family) -> Any:
+    try:
+        return importlib.import_module(f"{family.module.__name__}.mutants")
+    except ModuleNotFoundError as err:
+        if err.name != f"{family.module.__name__}.mutants":
+            raise
+        return None
+
+
+@contextmanager
+def _workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="convparity-mutate-") as d:
+        yield Path(d)
