@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +80,19 @@ class TensorStore(Mapping[str, torch.Tensor]):
 
 def load_pickle(path: Path) -> Any:
     """``torch.load`` a pickle as data only: memory-mapped when the file allows it, never executing code."""
+    return _load_pickle(path)[0]
+
+
+def _load_pickle(path: Path) -> tuple[Any, bool]:
+    """The unpickled object and whether it is memory-mapped."""
     try:
-        return _load_data_only(path, mmap=True)
+        return _load_data_only(path, mmap=True), True
     except RuntimeError as err:
         if "mmap" not in str(err) and "zip" not in str(err):
             raise ConversionError(f"cannot read {path} as a torch checkpoint: {_first_line(err)}") from None
     # The legacy (pre-zip) torch.save format cannot be memory-mapped; still data-only.
     try:
-        return _load_data_only(path, mmap=False)
+        return _load_data_only(path, mmap=False), False
     except (RuntimeError, EOFError) as err:
         raise ConversionError(f"cannot read {path} as a torch checkpoint: {_first_line(err)}") from None
 
@@ -102,15 +108,33 @@ def _load_data_only(path: Path, mmap: bool) -> Any:
 
 
 def open_torch(path: Path, key: str | None = None) -> TensorStore:
-    """The tensors of a ``torch.save`` file (optionally the dict under ``key``), memory-mapped."""
-    obj = load_pickle(path)
+    """The tensors of a ``torch.save`` file (optionally the dict under ``key``), read one at a time.
+
+    A zip-format file is memory-mapped only while one tensor is copied out of it: pages of tensors already
+    converted leave the process, so resident memory stays near one tensor rather than growing to the file.
+    """
+    obj, mapped = _state_dict(path, key)
+    if not mapped:  # legacy format: already in memory
+        return TensorStore.from_dict(obj, origin=str(path))
+    metas = {name: (tuple(t.shape), t.dtype) for name, t in obj.items()}
+    del obj  # unmaps the file
+    return TensorStore({name: partial(_copy_out, path, key, name) for name in metas}, metas,
+                       dict.fromkeys(metas, str(path)))
+
+
+def _state_dict(path: Path, key: str | None) -> tuple[dict[str, torch.Tensor], bool]:
+    obj, mapped = _load_pickle(path)
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             raise ConversionError(f"{path} has no {key!r} entry; found {_describe_keys(obj)}")
         obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConversionError(f"{path} is not a state dict of tensors; found {_describe_keys(obj)}")
-    return TensorStore.from_dict(obj, origin=str(path))
+    return obj, mapped
+
+
+def _copy_out(path: Path, key: str | None, name: str) -> torch.Tensor:
+    return _state_dict(path, key)[0][name].clone()
 
 
 def open_safetensors(path: Path) -> TensorStore:

@@ -63,7 +63,7 @@ def test_reference_reproduces_upstream(family: str, case_dir: Path) -> None:
     tensors = {k: (t.float() if t.is_floating_point() else t) for k, t in source.tensors.items()}
     with torch.no_grad():
         logits = FAMILIES[family].forward(tensors, source.config, tokens)
-    logits = logits[..., : expected.shape[-1]]  # Megatron computes logits over padded vocabulary rows too
+    assert logits.shape == expected.shape
     assert (logits - expected).abs().max().item() <= UPSTREAM_ATOL
 
 

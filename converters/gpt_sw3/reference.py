@@ -33,8 +33,9 @@ def forward(
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Mirror `GPTModel.forward` (legacy/model/gpt_model.py), `post_process=True`, `parallel_output=False`.
 
-    Returns float32 logits `[B, T, padded_vocab]`: Megatron scores every row of the padded word embedding
-    (legacy/model/language_model.py L369); callers slice to the tokenizer's real vocab. With `hidden_states`
+    Returns float32 logits `[B, T, vocab]`: Megatron scores every row of the padded word embedding
+    (legacy/model/language_model.py L369), and the columns past the tokenizer's real vocabulary
+    (`config["vocab_size"]` when given) are cut, since no token maps to them. With `hidden_states`
     also returns `num_layers + 1` float32 tensors `[B, T, h]`: the embedding output, then each layer's output.
     """
     _check(config)
@@ -53,6 +54,7 @@ def forward(
     # Tied output: the word embedding is the output layer, no bias (gpt_model.py L55, L92).
     logits = parallel_lm_logits(hidden, tensors[PREFIX + "embedding.word_embeddings.weight"])  # (s, b, V)
     logits = logits.transpose(0, 1).contiguous().float()  # (b, s, V)
+    logits = logits[..., : config.get("vocab_size", logits.shape[-1])]  # (b, s, real vocab)
     if not hidden_states:
         return logits
     return logits, [h.transpose(0, 1).float() for h in states]  # each (b, s, h)
