@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +42,9 @@ def verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list, 
     return get  # type: ignore[return-value]
 
 
+@pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5, reason=(
+    "kills are measured against transformers 5.x: on 4.57 some planted bugs are inert (GPT-2 loads the old "
+    "attention buffers silently, and its sdpa path ignores scale_attn_by_inverse_layer_idx)"))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_every_applicable_mutant_is_killed(name: str, dtype: str, verdicts) -> None:

@@ -45,6 +45,7 @@ CONFIG = ConfigMap(
         "tie_word_embeddings": True,  # Sampler: logits = h @ embedder.weight.T (L50, 608-619)
         "attention_bias": False,  # Linear has no bias (L116-138)
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},  # _register_freqs_cis (L551-556)
+        "rope_theta": 10000.0,  # where transformers 4.x reads it (5.x reads rope_parameters)
         "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,  # the SentencePiece model's ids
     },
     ignored={
