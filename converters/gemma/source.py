@@ -1,10 +1,11 @@
 """google/gemma_pytorch's own layout: ``{'model_state_dict': ...}`` in one ``.ckpt``, or an index + shards.
 
-Mirrors ``gemma/model.py`` ``GemmaForCausalLM.load_weights`` (L737-755) @ 014acb7a: a file is
-``torch.load(path)['model_state_dict']``; a directory holds ``pytorch_model.bin.index.json`` whose
-``weight_map`` names plain state-dict shards. Upstream keeps hyper-parameters in code
-(``gemma/config.py`` ``get_config_for_2b/7b``, picked by ``--variant``); here they come from a ``config.json``
-in ``GemmaConfig`` field names beside the weights, from ``--config FILE``, or from a ``--variant`` preset.
+Mirrors ``gemma/model.py`` ``GemmaForCausalLM.load_weights`` (L737-755) @ 014acb7a: a file is unpickled and
+its ``'model_state_dict'`` entry used (here with ``weights_only=True``); a directory holds
+``pytorch_model.bin.index.json`` whose ``weight_map`` names plain state-dict shards. Upstream keeps
+hyper-parameters in code (``gemma/config.py`` ``get_config_for_2b/7b``, picked by ``--variant``); here they
+come from a ``config.json`` in ``GemmaConfig`` field names beside the weights, from ``--config FILE``, or from
+a ``--variant`` preset.
 """
 
 from __future__ import annotations
