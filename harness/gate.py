@@ -81,7 +81,8 @@ def run_gate(base: str, families: dict[str, Family], devices: list[str], dtypes:
 
         results += check_family(fam, devices, dtypes, on_round_trip=snap)
     failed = [r for r in results if r.status == "FAIL"] + [k for k, v in snapshots.items() if v]
-    lines = [f"- base: `{base}`; families: {', '.join(f'{f} ({w})' for f, w in scope.items()) or 'none'}"]
+    lines = [f"- base: `{base}`; families: {', '.join(f'{f} ({w})' for f, w in scope.items()) or 'none'}",
+             f"- golden snapshots: {len(snapshots)} checked, {sum(1 for p in snapshots.values() if p)} differ"]
     lines += [f"- snapshot **{f}/{c}**: {'; '.join(p)}" for (f, c), p in snapshots.items() if p]
     if junit:
         write_junit(results, junit, snapshots)
@@ -89,6 +90,6 @@ def run_gate(base: str, families: dict[str, Family], devices: list[str], dtypes:
         write_markdown(results, markdown, title="convparity gate", extra_lines=lines)
     ran = sum(1 for r in results if not r.skipped) + len(snapshots)
     print(f"{ran - len(failed)} passed, {len(failed)} failed, {sum(1 for r in results if r.skipped)} skipped")
-    for line in lines[1:]:
+    for line in lines[2:]:
         print(line, file=sys.stderr)
     return 1 if failed else 0
