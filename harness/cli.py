@@ -75,9 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "layout, convert it, load it with from_pretrained and compare logits with "
                                        "the family's reference implementation. Exit 1 on any failure.")
     check.add_argument("families", nargs="*", metavar="FAMILY", help="families to check (default: all)")
-    check.add_argument("--devices", default=",".join(devices()), help="comma-separated (default: %(default)s; "
-                                                                      "cuda is skipped where absent)")
-    check.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated (default: %(default)s)")
+    _add_matrix_options(check)
     check.add_argument("--json", type=Path, metavar="FILE", help="write every result, with environment, as JSON")
     check.add_argument("--report", type=Path, metavar="FILE.md", help="write a Markdown parity report: environment, "
                                                                       "command, every case against its tolerance")
@@ -91,8 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--base", required=True, metavar="REF", help="git ref to compare with, e.g. origin/main")
     gate.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML (one test case per cell)")
     gate.add_argument("--markdown", type=Path, metavar="FILE", help="write a summary fit for a PR comment")
-    gate.add_argument("--devices", default=",".join(devices()), help="comma-separated (default: %(default)s)")
-    gate.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated (default: %(default)s)")
+    _add_matrix_options(gate)
     gate.set_defaults(run=_gate)
 
     mutate = sub.add_parser("mutate", help="plant known converter bugs and check that parity catches each one",
@@ -110,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("family", metavar="FAMILY")
     describe.set_defaults(run=_describe)
     return parser
+
+
+def _add_matrix_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", default=",".join(devices()),
+                        help="comma-separated (default: %(default)s; cuda is skipped, with the reason, where absent)")
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated (default: %(default)s)")
 
 
 def _convert(args: argparse.Namespace) -> int:
