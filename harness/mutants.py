@@ -127,13 +127,7 @@ def swap_layers(m: Mutable) -> None:
 def swap_q_and_k(m: Mutable) -> None:
     """Query and key projections exchanged (separate q/k weights of equal shape, or the blocks of a fused c_attn)."""
     swap_names(m, "q_proj", "k_proj")
-
-    def fused(step: Step, src: list[torch.Tensor]) -> list[torch.Tensor]:
-        w = step.rule.forward(src, m.converted.dims)[0]
-        dim = 1 if step.rule.transpose and w.dim() == 2 else 0
-        return [swap_blocks(w, w.shape[dim] // 3, 0, 1, dim)]
-
-    rerun(m, GroupQKV, fused)
+    _swap_fused_qkv_blocks(m, 0, 1)
 
 
 def drop_rotary_permutation(m: Mutable) -> None:
@@ -166,13 +160,7 @@ def rotary_convention_reversed(m: Mutable) -> None:
 def split_order_kv_swapped(m: Mutable) -> None:
     """A fused projection split as [q | v | k] instead of [q | k | v]."""
     rerun(m, Split, lambda step, src: _swap_last_two(step.rule.forward(src, m.converted.dims)))
-
-    def fused(step: Step, src: list[torch.Tensor]) -> list[torch.Tensor]:
-        w = step.rule.forward(src, m.converted.dims)[0]
-        dim = 1 if step.rule.transpose and w.dim() == 2 else 0
-        return [swap_blocks(w, w.shape[dim] // 3, 1, 2, dim)]
-
-    rerun(m, GroupQKV, fused)
+    _swap_fused_qkv_blocks(m, 1, 2)
 
 
 def zero_bias(m: Mutable) -> None:
@@ -329,3 +317,13 @@ def _first_bias_rule_targets(m: Mutable) -> list[str]:
             return [t for s in m.converted.steps if s.rule is step.rule for t in s.targets
                     if t.rsplit(".", 2)[-2:] == suffix and t in m.tensors]
     return []
+
+
+def _swap_fused_qkv_blocks(m: Mutable, i: int, j: int) -> None:
+    """Exchange blocks ``i`` and ``j`` of [q | k | v] in every GroupQKV output (the columns of a Conv1D c_attn)."""
+    def fused(step: Step, src: list[torch.Tensor]) -> list[torch.Tensor]:
+        w = step.rule.forward(src, m.converted.dims)[0]
+        dim = 1 if step.rule.transpose and w.dim() == 2 else 0
+        return [swap_blocks(w, w.shape[dim] // 3, i, j, dim)]
+
+    rerun(m, GroupQKV, fused)
