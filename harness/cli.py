@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from harness.metrics import DTYPES
 from harness.parity import ParityResult, devices
 from harness.registry import families, family
 from harness.runner import DEFAULT_SHARD_SIZE
+from harness.signals import Terminated, signals_as_exceptions
 from harness.writer import parse_size
 
 __all__ = ["main"]
@@ -34,13 +36,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with signals_as_exceptions():
+            return int(args.run(args) or 0)
     except ConversionError as err:
         print(f"convparity: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convparity: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    except Terminated as stop:
+        print(f"convparity: stopped by {stop}; nothing was written", file=sys.stderr)
+        return 128 + stop.signum
 
 
 def _parser() -> argparse.ArgumentParser:

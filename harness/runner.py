@@ -12,7 +12,7 @@ from harness.conversion import Converted, TensorSpec
 from harness.errors import ConversionError
 from harness.metrics import DTYPES
 from harness.registry import Family
-from harness.writer import ShardPlan, write_model_dir
+from harness.writer import ShardPlan, remove_stale_partials, write_model_dir
 
 __all__ = ["DEFAULT_SHARD_SIZE", "convert_checkpoint", "write_converted"]
 
@@ -34,6 +34,7 @@ def convert_checkpoint(family: Family, source: Path, output: Path, *, config: Pa
         raise ConversionError(f"source {source} does not exist")
     checkpoint = family.read(source, config=config, **options)
     converted = family.convert(checkpoint)
+    converted.notes += remove_stale_partials(output)
     plan = write_converted(converted, output, dtype=dtype, max_shard_size=max_shard_size, progress=progress)
     return converted, plan
 

@@ -8,10 +8,12 @@ directory that is renamed into place at the end; a failure removes it, leaving n
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import shutil
+import socket
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +26,10 @@ import torch
 from harness.conversion import TensorSpec
 from harness.errors import ConversionError
 
-__all__ = ["ShardPlan", "parse_size", "plan_shards", "write_model_dir"]
+__all__ = ["ShardPlan", "parse_size", "plan_shards", "remove_stale_partials", "write_model_dir"]
+
+_PARTIAL = ".partial"
+_OWNER = ".convparity-owner.json"  # inside a staging directory: which process is writing it
 
 _DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -88,8 +93,9 @@ def write_model_dir(output: Path, config: Mapping[str, Any], specs: list[TensorS
     if not output.parent.is_dir():
         raise ConversionError(f"parent directory {output.parent} of the output does not exist")
     plan = plan_shards(specs, max_shard_size)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=_PARTIAL, dir=output.parent))
     try:
+        (staging / _OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
         stream = iter(tensors)
         for filename, group in plan.filename_to_tensors.items():
             with open(staging / filename, "wb") as f:
@@ -100,11 +106,54 @@ def write_model_dir(output: Path, config: Mapping[str, Any], specs: list[TensorS
             index = {"metadata": {"total_size": plan.total_size}, "weight_map": plan.tensor_to_filename}
             (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (staging / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+        (staging / _OWNER).unlink()
         os.rename(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return plan
+
+
+def remove_stale_partials(output: Path) -> list[str]:
+    """Remove staging directories that an earlier, killed conversion into ``output`` left behind.
+
+    A staging directory is stale when the process that made it (recorded inside it) no longer runs on this
+    host. One that is still being written, or that another host made (a shared filesystem), is left alone
+    with an error saying how to remove it. Returns one note per directory removed.
+    """
+    notes = []
+    for partial in sorted(output.parent.glob(f".{glob.escape(output.name)}.*{_PARTIAL}")):
+        owner = _read_owner(partial)
+        if owner.get("host") == socket.gethostname() and _running(owner.get("pid")):
+            raise ConversionError(f"{partial} is being written by process {owner['pid']}; wait for it to finish "
+                                  f"or stop it, then run again (if no conversion is running, rm -r '{partial}')")
+        if owner and owner.get("host") != socket.gethostname():
+            raise ConversionError(f"{partial} was left by a conversion on host {owner.get('host')!r}; if none is "
+                                  f"running there, remove it: rm -r '{partial}'")
+        shutil.rmtree(partial, ignore_errors=True)
+        notes.append(f"removed {partial}, left by an interrupted conversion"
+                     f"{' (process ' + str(owner['pid']) + ')' if owner.get('pid') else ''}")
+    return notes
+
+
+def _read_owner(partial: Path) -> dict[str, Any]:
+    try:
+        owner = json.loads((partial / _OWNER).read_text())
+    except (OSError, ValueError):
+        return {}  # the owner file is written first: without one, the directory was abandoned at once
+    return owner if isinstance(owner, dict) else {}
+
+
+def _running(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _write_shard(f: BinaryIO, group: list[TensorSpec], stream: Iterable[tuple[str, torch.Tensor]],

@@ -189,6 +189,7 @@ def _check_gemma_1(params: dict[str, Any], file: Path) -> None:
 
 def _freqs_cis(head_dim: int, n: int) -> torch.Tensor:
     """model.py L91-101 ``precompute_freqs_cis`` (theta 10000): the buffer released checkpoints carry."""
-    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim)
-    angles = torch.outer(torch.arange(n).float(), inv_freq)  # (n, head_dim/2)
-    return torch.polar(torch.ones_like(angles), angles)
+    # Computed in float64 and rounded once, so that the stored buffer has the same bits on every CPU.
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, head_dim, 2)[: head_dim // 2].double() / head_dim)
+    angles = torch.outer(torch.arange(n).double(), inv_freq)  # (n, head_dim/2)
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)

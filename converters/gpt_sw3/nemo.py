@@ -40,7 +40,7 @@ def load_nemo_pickle(path: Path) -> Any:
         from omegaconf.nodes import AnyNode
     except ImportError:
         raise ConversionError(f"{path} stores its cfg as an omegaconf DictConfig, and omegaconf is not installed; "
-                              "pip install 'convparity[nemo]' (omegaconf>=2.2) and run again") from None
+                              "omegaconf is a dependency of convparity: pip install 'omegaconf>=2.2' and run again") from None
     allowed = [DictConfig, ContainerMetadata, typing.Any, dict, collections.defaultdict, AnyNode, Metadata,
                ListConfig, list, int]
     with torch.serialization.safe_globals(allowed):

@@ -123,7 +123,8 @@ def tiny(seed: int = 0, layout: str = "phi-msft", **overrides: Any) -> SourceChe
     rotary_dim = sizes(config)["rotary_dim"]
     for name in weights:
         if name.endswith("inv_freq"):  # the real buffer, as mix0:75 stores it
-            weights[name] = 1.0 / 10000 ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim)
+            # float64, rounded once: the same bits on every CPU
+            weights[name] = (1.0 / 10000 ** (torch.arange(0, rotary_dim, 2).double() / rotary_dim)).float()
     return SourceCheckpoint(config, TensorStore.from_dict(weights), layout)
 
 

@@ -7,7 +7,6 @@ the model version from which keys exist. Storage is fp32, bf16 or fp16 (RWKV-LM 
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
 from harness.registry import Case
 from harness.tensor_store import TensorStore, load_pickle
-from harness.tiny import random_weights
+from harness.tiny import random_normal, random_weights
 
 __all__ = ["CASES", "OPTIONS", "RESCALE_EVERY", "SIZES", "detect_version", "read", "shapes", "tiny", "write"]
 
@@ -78,10 +77,9 @@ def tiny(seed: int = 0, layout: str = "default", storage: str = "float32", **ove
     config = {**TINY, **overrides}
     weights = random_weights(shapes(config), seed, norms=["*.ln*.weight"], embeddings=["emb.weight"],
                              gains={"head.weight": 2.0})
-    g = torch.Generator().manual_seed(seed + 1)
     L, C, A = config["n_layer"], config["n_embd"], config["dim_att"]
     for i in range(L):
-        weights |= _time_params(f"blocks.{i}.", i / max(L - 1, 1), 1 - i / L, C, A, g)
+        weights |= _time_params(f"blocks.{i}.", i / max(L - 1, 1), 1 - i / L, C, A, seed + 1)
     tensors = {k: t.to(STORAGE[storage]) for k, t in weights.items()}
     rescale = config.pop("rescale_every", None)
     config |= {"rescale_every": _rescale_every(rescale, STORAGE[storage]), "ctx_len": CTX_LEN}
@@ -152,23 +150,36 @@ def detect_version(state: dict[str, Any]) -> str:
 
 
 def _time_params(p: str, ratio_0_to_1: float, ratio_1_to_0: float, C: int, A: int,
-                 g: torch.Generator) -> dict[str, torch.Tensor]:
-    """RWKV-LM ``RWKV_TimeMix.__init__`` (model.py L463-489) init, with noise so that nothing is symmetric."""
-    h = torch.arange(A) / max(A - 1, 1)
-    decay = -5 + 8 * h ** (0.7 + 1.3 * ratio_0_to_1)  # -5 .. 3 across channels: raw w, before -exp
-    zigzag = 0.5 * (((torch.arange(A) + 1) % 3) - 1)
-    x = (torch.arange(C) / C)[None, None, :]  # (1, 1, C)
+                 seed: int) -> dict[str, torch.Tensor]:
+    """RWKV-LM ``RWKV_TimeMix.__init__`` (model.py L463-489) init shapes, with noise so that nothing is symmetric.
 
-    def mix(base: torch.Tensor) -> torch.Tensor:
-        return (base + 0.05 * torch.randn(base.shape, generator=g)).clamp(0.01, 0.99)
+    Upstream uses powers (``h ** (0.7 + 1.3 r)``, ``x ** r``); these are replaced by blends of ``h``, ``h^2`` and
+    ``sqrt(x)`` of the same range and monotonicity, because vectorised ``pow`` differs in its last bits between
+    CPUs and tiny sources must be identical on every host (harness.tiny).
+    """
+    h = torch.arange(A, dtype=torch.float64) / max(A - 1, 1)
+    decay = -5 + 8 * (h * (1 - ratio_0_to_1) + h * h * ratio_0_to_1)  # -5 .. 3 across channels: raw w, before -exp
+    zigzag = 0.5 * (((torch.arange(A, dtype=torch.float64) + 1) % 3) - 1)
+    x = (torch.arange(C, dtype=torch.float64) / C)[None, None, :]  # (1, 1, C)
+    x_r = x * ratio_1_to_0 + x.sqrt() * (1 - ratio_1_to_0)  # stands for x ** ratio_1_to_0
 
-    return {
-        p + "att.time_decay": decay + 0.3 * torch.randn(A, generator=g),
-        p + "att.time_first": math.log(0.3) + zigzag + 0.1 * torch.randn(A, generator=g),
-        p + "att.time_mix_k": mix(x**ratio_1_to_0), p + "att.time_mix_v": mix(x**ratio_1_to_0 + 0.3 * ratio_0_to_1),
-        p + "att.time_mix_r": mix(x ** (0.5 * ratio_1_to_0)),
-        p + "ffn.time_mix_k": mix(x**ratio_1_to_0), p + "ffn.time_mix_r": mix(x**ratio_1_to_0),
+    def noise(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return random_normal(shape, seed, p + name)
+
+    def mix(name: str, base: torch.Tensor) -> torch.Tensor:
+        return (base + 0.05 * noise(name, tuple(base.shape))).clamp(0.01, 0.99)
+
+    params = {
+        "att.time_decay": decay + 0.3 * noise("att.time_decay", (A,)),
+        "att.time_first": _LOG_0_3 + zigzag + 0.1 * noise("att.time_first", (A,)),
+        "att.time_mix_k": mix("att.time_mix_k", x_r), "att.time_mix_v": mix("att.time_mix_v", x_r + 0.3 * ratio_0_to_1),
+        "att.time_mix_r": mix("att.time_mix_r", 0.5 * (x_r + x)),
+        "ffn.time_mix_k": mix("ffn.time_mix_k", x_r), "ffn.time_mix_r": mix("ffn.time_mix_r", x_r),
     }
+    return {p + k: v.to(torch.float32) for k, v in params.items()}
+
+
+_LOG_0_3 = -1.2039728043259361  # math.log(0.3), written out so that no libm is involved
 
 
 def _pth_file(path: Path) -> Path:
