@@ -1,85 +1,168 @@
-"""Conversion throughput and peak memory on a large Mixtral-shaped checkpoint, against a plain ``cp``.
+"""Conversion throughput and peak memory on every write path, each against ``cp`` and ``cat`` of the same bytes.
 
-Run on purpose (it writes GBs to disk); prints figures, asserts nothing:
+Run on purpose (it writes several GB per path); prints a table, asserts nothing:
 
     python benchmarks/convert_throughput.py --gb 3.4 --workdir /tmp/convparity-bench
+    python benchmarks/convert_throughput.py --paths experts,fused --runs 2 --repo /path/to/older/checkout
 
-The source is bf16, Hub layout (fused experts) in 8 ``consolidated.NN.pt`` shards. ``convparity convert`` runs
-in a child process whose resident memory is sampled every 20 ms: ``peak RSS`` includes file-backed pages of
-the memory-mapped source (reclaimable page cache), ``peak anon`` is the private memory the process allocated.
+Paths: ``experts`` (Mixtral, 8 ``consolidated.NN.pt``, per-expert keys: every byte but q/k is a rename),
+``fused`` (the Hub's fused layout: w2's row blocks transposed), ``safetensors`` (one
+``consolidated.safetensors``), ``cast`` (``experts`` converted with ``--dtype float16``), ``gemma`` (one
+``model.ckpt`` pickle, fused qkv split by rows) and, where the family exists, ``llama-mp8`` (8 model-parallel
+rank files merged). Each measurement is the best of ``--runs`` runs, alternating ``cp -r``, ``cat`` into one
+file, and ``convparity convert``, each followed by ``sync`` (warm page cache for all three). ``convparity
+convert`` runs in a child process whose memory is sampled every 20 ms: peak RSS includes file-backed pages of
+the memory-mapped source, peak anon is what the process allocated.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from converters.mixtral.source import write
+ROOT = Path(__file__).resolve().parent.parent
+PATHS = ("experts", "fused", "safetensors", "cast", "gemma", "llama-mp8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gb", type=float, default=1.0, help="approximate checkpoint size in GB (default 1)")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=2, help="runs per measurement, best kept (default 2)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/convparity-bench"))
-    parser.add_argument("--keep", action="store_true", help="keep the files afterwards")
+    parser.add_argument("--repo", type=Path, default=ROOT,
+                        help="checkout whose convparity is measured (default: this one), e.g. an older commit")
     args = parser.parse_args()
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    args.workdir.mkdir(parents=True)
-    source = args.workdir / "source"
-    config = _config(args.gb)
-    print(f"building a {args.gb:g} GB bf16 checkpoint: {config}", flush=True)
-    write(_lazy_checkpoint(config), source, container="pt-shards")
+    sys.path.insert(0, str(ROOT))
+    print(f"{'path':<12} {'GB':>5} {'cp s':>6} {'cat s':>6} {'convert s':>9} {'x cp':>5} {'x cat':>5} "
+          f"{'peak RSS GiB':>12} {'peak anon GiB':>13}", flush=True)
+    for path in args.paths.split(","):
+        build = _BUILDERS.get(path)
+        if build is None:
+            sys.exit(f"unknown path {path!r}; choose from {', '.join(PATHS)}")
+        workdir = args.workdir / path
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        try:
+            made = build(workdir / "source", args.gb)
+            if made is None:
+                print(f"{path:<12} skipped: the family is not installed", flush=True)
+                continue
+            family, options = made
+            _measure(path, family, options, workdir, args.runs, args.repo)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(path: str, family: str, options: list[str], workdir: Path, runs: int, repo: Path) -> None:
+    source = workdir / "source"
     size = sum(f.stat().st_size for f in source.iterdir())
+    files = sorted(str(f) for f in source.iterdir())
+    cp, cat, convert, peaks = [], [], [], {"VmRSS": 0, "RssAnon": 0}
+    for _ in range(runs):
+        cp.append(_timed(["cp", "-r", str(source), str(workdir / "copy")]))
+        shutil.rmtree(workdir / "copy")
+        cat.append(_timed(["sh", "-c", 'cat "$@" > "$0"', str(workdir / "cat.bin"), *files]))
+        (workdir / "cat.bin").unlink()
+        cmd = [sys.executable, "-m", "harness.cli", "convert", family, str(source), str(workdir / "hf"), "--quiet",
+               *options]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+        run_peaks = _sample_memory(proc)
+        if proc.returncode != 0:
+            sys.exit(f"{path}: conversion failed with exit status {proc.returncode}")
+        subprocess.run(["sync"], check=True)
+        convert.append(time.perf_counter() - start)
+        peaks = {k: max(v, run_peaks[k]) for k, v in peaks.items()}
+        shutil.rmtree(workdir / "hf")
+    best_cp, best_cat, best = min(cp), min(cat), min(convert)
+    print(f"{path:<12} {size / 1e9:5.2f} {best_cp:6.2f} {best_cat:6.2f} {best:9.2f} {best_cp / best:5.2f} "
+          f"{best_cat / best:5.2f} {peaks['VmRSS'] / 2**20:12.2f} {peaks['RssAnon'] / 2**20:13.2f}", flush=True)
 
+
+def _timed(cmd: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(["cp", "-r", str(source), str(args.workdir / "copy")], check=True)
-    cp_s = time.perf_counter() - start
-    shutil.rmtree(args.workdir / "copy")
-
-    cmd = [sys.executable, "-m", "harness.cli", "convert", "mixtral", str(source), str(args.workdir / "hf"), "--quiet"]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    peaks = _sample_memory(proc)
-    if proc.wait() != 0:
-        sys.exit(f"conversion failed with exit status {proc.returncode}")
-    convert_s = time.perf_counter() - start
-
-    print(f"checkpoint   {size / 1e9:.2f} GB in 8 files")
-    print(f"cp           {cp_s:.1f} s ({size / 1e6 / cp_s:.0f} MB/s)")
-    print(f"convert      {convert_s:.1f} s ({size / 1e6 / convert_s:.0f} MB/s), {cp_s / convert_s:.2f}x cp speed")
-    print(f"peak RSS     {peaks['VmRSS'] / 2**20:.2f} GiB ({peaks['VmRSS'] * 2**10 / size:.2f}x the checkpoint)")
-    print(f"peak anon    {peaks['RssAnon'] / 2**20:.2f} GiB")
-    if not args.keep:
-        shutil.rmtree(args.workdir)
+    subprocess.run(cmd, check=True)
+    subprocess.run(["sync"], check=True)
+    return time.perf_counter() - start
 
 
-def _config(gb: float) -> dict:
-    dim, hidden, experts, vocab = 1024, 3584, 8, 32000
-    per_layer = 2 * (3 * experts * hidden * dim + 3 * dim * dim)  # bf16 experts + q, o, and k/v at 8:2 GQA
+def _mixtral(layout: str, container: str) -> Callable[[Path, float], tuple[str, list[str]]]:
+    def build(source: Path, gb: float) -> tuple[str, list[str]]:
+        from converters.mixtral.source import shapes, write
+
+        dim, hidden, experts, vocab = 1024, 3584, 8, 32000
+        per_layer = 2 * (3 * experts * hidden * dim + 3 * dim * dim)  # bf16 experts + q, o, and k/v at 8:2 GQA
+        layers = max(1, round((gb * 1e9 - 2 * 2 * vocab * dim) / per_layer))
+        config = dict(dim=dim, n_layers=layers, head_dim=128, hidden_dim=hidden, n_heads=8, n_kv_heads=2,
+                      norm_eps=1e-5, vocab_size=vocab, rope_theta=1e6,
+                      moe=dict(num_experts=experts, num_experts_per_tok=2))
+        write(_lazy(config, shapes(config, layout), layout), source, container=container)
+        return "mixtral", []
+
+    return build
+
+
+def _cast(source: Path, gb: float) -> tuple[str, list[str]]:
+    family, options = _mixtral("experts", "pt-shards")(source, gb)
+    return family, [*options, "--dtype", "float16"]
+
+
+def _gemma(source: Path, gb: float) -> tuple[str, list[str]]:
+    from converters.gemma.source import TINY, shapes, write
+
+    dim = 2048
+    per_layer = 2 * (dim * 3 * dim + dim * dim + 3 * dim * 8192)
+    layers = max(1, round((gb * 1e9 - 2 * 256000 * dim) / per_layer))
+    config = {**TINY, "hidden_size": dim, "intermediate_size": 8192, "num_hidden_layers": layers,
+              "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 128, "vocab_size": 256000}
+    specs = {k: s for k, s in shapes(config).items() if k != "freqs_cis"}  # optional; a complex buffer
+    write(_lazy(config, specs, "default"), source, container="ckpt")
+    return "gemma", []
+
+
+def _llama_mp8(source: Path, gb: float) -> tuple[str, list[str]] | None:
+    try:
+        from converters.llama.source import shapes, write  # noqa: F401 - present once the family exists
+    except ImportError:
+        return None
+    from converters.llama import source as llama
+
+    dim, hidden, vocab = 4096, 11008, 32000
+    per_layer = 2 * (4 * dim * dim + 3 * dim * hidden)
     layers = max(1, round((gb * 1e9 - 2 * 2 * vocab * dim) / per_layer))
-    return dict(dim=dim, n_layers=layers, head_dim=128, hidden_dim=hidden, n_heads=8, n_kv_heads=2, norm_eps=1e-5,
-                vocab_size=vocab, rope_theta=1e6, moe=dict(num_experts=experts, num_experts_per_tok=2))
+    config = {"dim": dim, "n_layers": layers, "n_heads": 32, "multiple_of": 256, "norm_eps": 1e-5,
+              "vocab_size": vocab}
+    llama.write(_lazy(config, llama.shapes(config), "default"), source, container="mp8")
+    return "llama", []
 
 
-def _lazy_checkpoint(config: dict):
+def _lazy(config: dict[str, Any], specs: dict[str, tuple[int, ...]], layout: str) -> Any:
     """Random bf16 tensors made on demand by ``write``, so building the source needs no more than one shard."""
-    from converters.mixtral.source import shapes
     from harness.conversion import SourceCheckpoint
     from harness.tensor_store import TensorStore
 
     def make(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.bfloat16).normal_(std=0.02)
 
-    specs = shapes(config, "fused")
     return SourceCheckpoint(config, TensorStore({k: (lambda s=s: make(s)) for k, s in specs.items()},
-                                                {k: (s, torch.bfloat16) for k, s in specs.items()}), "fused")
+                                                {k: (s, torch.bfloat16) for k, s in specs.items()}), layout)
+
+
+_BUILDERS: dict[str, Callable[[Path, float], Any]] = {
+    "experts": _mixtral("experts", "pt-shards"), "fused": _mixtral("fused", "pt-shards"),
+    "safetensors": _mixtral("experts", "safetensors"), "cast": _cast, "gemma": _gemma, "llama-mp8": _llama_mp8,
+}
 
 
 def _sample_memory(proc: subprocess.Popen) -> dict[str, int]:

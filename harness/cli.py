@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import ConversionError
+from harness.errors import ConversionError, brief
 from harness.metrics import DTYPES
 from harness.parity import ParityResult, devices
-from harness.registry import families, family
+from harness.registry import Family, families, family
 from harness.runner import DEFAULT_SHARD_SIZE
 from harness.signals import Terminated, signals_as_exceptions
+from harness.terminal import colour, paint_status
 from harness.writer import parse_size
 
 __all__ = ["main"]
@@ -24,6 +27,7 @@ _EPILOG = """examples:
   convparity check                                  prove every converter (tiny models, all devices/dtypes)
   convparity check mixtral --dtypes float32         one family, one dtype
   convparity convert mixtral ./Mixtral-8x7B ./out   convert a real checkpoint
+  convparity verify mixtral ./Mixtral-8x7B ./out    prove that conversion on its real weights, block by block
   convparity check --report parity.md --json parity.json   a parity report for review
   convparity gate --base origin/main --junit junit.xml     CI: only the families a change touches
   convparity mutate mixtral                         plant known converter bugs; all must be caught
@@ -35,11 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``convparity`` console script; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("CONVPARITY_DEBUG", "") not in ("", "0")
     try:
         with signals_as_exceptions():
             return int(args.run(args) or 0)
     except ConversionError as err:
-        print(f"convparity: error: {err}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"convparity: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convparity: interrupted; nothing was written", file=sys.stderr)
@@ -47,6 +54,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated as stop:
         print(f"convparity: stopped by {stop}; nothing was written", file=sys.stderr)
         return 128 + stop.signum
+    except Exception as err:  # not a problem found in the input: a bug here or in a library, or the machine
+        if debug:
+            raise
+        print(f"convparity: internal error: {_one_line(brief(err))}; rerun with --debug (or CONVPARITY_DEBUG=1) "
+              f"to see the traceback, and please report it", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h); 2 is bad input, 1 a failed check
+
+
+def _one_line(message: object) -> str:
+    return " | ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="convparity", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         description="Convert upstream LM checkpoints to transformers, and prove by forward-pass parity that "
                     "the converted model computes what the original computed.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error (also: environment "
+                                                             "variable CONVPARITY_DEBUG=1)")
     sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     convert = sub.add_parser("convert", help="convert an upstream checkpoint to a transformers directory",
@@ -71,9 +93,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", choices=list(DTYPES), help="cast floating tensors (default: as stored)")
         p.add_argument("--max-shard-size", default=str(DEFAULT_SHARD_SIZE), metavar="SIZE",
                        help="largest shard file, e.g. 5GB (default), 500MB, 2GiB")
+        p.add_argument("--revision", metavar="REV", help="with a Hub repository id (owner/name) as SOURCE: the branch, "
+                                                         "tag or commit to fetch (default: main)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--allow-nonfinite", action="store_true",
+                       help="write NaN/Inf weights as they are, with a warning (default: refuse, naming them)")
         for flag, spec in getattr(fam, "OPTIONS", {}).items():
             p.add_argument(flag, **spec)
+        p.add_argument("--verify", action="store_true", help="then verify OUTPUT against SOURCE, as `convparity "
+                                                                 "verify` does (options below); exit 1 if it fails")
+        _add_verify_options(p, "verify options (with --verify)")
         p.set_defaults(run=_convert, family=name)
 
     check = sub.add_parser("check", help="round-trip every family's tiny models and check parity",
@@ -85,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", type=Path, metavar="FILE", help="write every result, with environment, as JSON")
     check.add_argument("--report", type=Path, metavar="FILE.md", help="write a Markdown parity report: environment, "
                                                                       "command, every case against its tolerance")
+    check.add_argument("--html", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
     check.set_defaults(run=_check)
 
     gate = sub.add_parser("gate", help="check only the families changed since a git ref (for CI)",
@@ -95,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--base", required=True, metavar="REF", help="git ref to compare with, e.g. origin/main")
     gate.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML (one test case per cell)")
     gate.add_argument("--markdown", type=Path, metavar="FILE", help="write a summary fit for a PR comment")
+    gate.add_argument("--json", type=Path, metavar="FILE", help="write every result, with environment, as JSON")
+    gate.add_argument("--html", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
+    gate.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_matrix_options(gate)
     gate.set_defaults(run=_gate)
 
@@ -106,7 +139,31 @@ def _parser() -> argparse.ArgumentParser:
     mutate.add_argument("families", nargs="*", metavar="FAMILY", help="families to mutate (default: all)")
     mutate.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default: %(default)s)")
     mutate.add_argument("--json", type=Path, metavar="FILE", help="write one record per mutant as JSON")
+    mutate.add_argument("--html", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
+    mutate.add_argument("--quiet", action="store_true", help="no progress bar")
     mutate.set_defaults(run=_mutate)
+
+    verify = sub.add_parser("verify", help="prove a real conversion: its logits against the original forward pass",
+                            description=_VERIFY_ABOUT, epilog=_VERIFY_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    per_family_verify = verify.add_subparsers(title="families", required=True, metavar="FAMILY")
+    for name, fam in families().items():
+        p = per_family_verify.add_parser(name, help=fam.about, description=f"{fam.about}\n\n{_VERIFY_ABOUT}",
+                                         epilog=_VERIFY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("source", type=Path, metavar="SOURCE", help="the original checkpoint, as `convert` takes it")
+        p.add_argument("converted", type=Path, metavar="CONVERTED",
+                       help="a directory that from_pretrained loads (made by convparity or anything else)")
+        p.add_argument("--revision", metavar="REV", help="with a Hub repository id (owner/name) as SOURCE: the branch, "
+                                                         "tag or commit to fetch (default: main)")
+        p.add_argument("--quiet", action="store_true", help="no progress messages or bar")
+        p.add_argument("--card", action="store_true", help="write a verification card (README.md, convparity.json) "
+                       "into CONVERTED; where one exists, check its hashes and reproduce its verdict instead")
+        p.add_argument("--config", type=Path, metavar="FILE", help="upstream config file to use instead of the "
+                                                                   "one beside the weights (as for convert)")
+        for flag, spec in getattr(fam, "OPTIONS", {}).items():
+            p.add_argument(flag, **spec)
+        _add_verify_options(p)
+        p.set_defaults(run=_verify, family=name)
 
     sub.add_parser("list", help="list families and their test cases").set_defaults(run=_list)
     describe = sub.add_parser("describe", help="print a family's config and key tables")
@@ -121,6 +178,41 @@ def _add_matrix_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated (default: %(default)s)")
 
 
+_VERIFY_ABOUT = """\
+Run the family's original forward pass over SOURCE and the converted model over CONVERTED on the same
+tokens; compare the logits and every block's output. Both sides stream: the reference reads each source
+tensor when it needs it, the converted model is built empty and loaded one block at a time through
+transformers' own loading, so memory stays near one block and nothing is written. The bound is a multiple
+of the reference's own drift in higher precision, measured in the same run. Exit 0 on pass, 1 on a
+divergence (naming the first divergent block and the largest error's position), 2 on bad input."""
+_VERIFY_EPILOG = """examples:
+  convparity verify mixtral ./Mixtral-8x7B-v0.1 ./mixtral-hf               2 x 32 random tokens, float32
+  convparity verify gemma ./gemma-7b.ckpt ./gemma-hf --variant 7b --text "The capital of France is"
+  convparity verify phi ./phi-2 ./phi-2-hf --input-ids ids.json --report verify.md --json verify.json
+  convparity verify gpt_sw3 ./model.nemo ./sw3-hf --compute-dtype bfloat16 --device cuda
+  convparity convert rwkv ./RWKV-4-Pile-169M.pth ./rwkv-hf --verify       convert, then verify
+"""
+
+
+def _add_verify_options(parser: argparse.ArgumentParser, title: str = "verify options") -> None:
+    group = parser.add_argument_group(title)
+    inputs = group.add_mutually_exclusive_group()
+    inputs.add_argument("--input-ids", type=Path, metavar="FILE", help="token ids: JSON (a list, a list of lists, "
+                        "or {\"input_ids\": ...}) or safetensors (an input_ids tensor)")
+    inputs.add_argument("--text", action="append", metavar="TEXT", help="tokenize TEXT with the tokenizer in the "
+                        "converted directory (repeat for more sequences)")
+    group.add_argument("--batch", type=int, default=2, metavar="N", help="random sequences (default: %(default)s)")
+    group.add_argument("--seq-len", type=int, default=32, metavar="T", help="random tokens per sequence (default: "
+                       "%(default)s)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default: %(default)s)")
+    group.add_argument("--device", default="cpu", help="cpu (default) or cuda: blocks are streamed to the device")
+    group.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32",
+                       help="both sides compute in this (default: float32; bfloat16 is a looser second check)")
+    group.add_argument("--json", type=Path, metavar="FILE", help="write the result, with environment, as JSON")
+    group.add_argument("--report", type=Path, metavar="FILE.md", help="write a Markdown verify report")
+    group.add_argument("--html", type=Path, metavar="FILE.html", help="write a self-contained HTML verify report")
+
+
 def _convert(args: argparse.Namespace) -> int:
     from harness.runner import convert_checkpoint
 
@@ -128,18 +220,68 @@ def _convert(args: argparse.Namespace) -> int:
     dests = [flag.lstrip("-").replace("-", "_") for flag in getattr(fam, "OPTIONS", {})]
     options = {dest: getattr(args, dest) for dest in dests}
     start = time.perf_counter()
+    _resolve_source(args, fam)
     converted, plan = convert_checkpoint(fam, args.source, args.output, config=args.config, dtype=args.dtype,
                                          max_shard_size=parse_size(args.max_shard_size), progress=not args.quiet,
-                                         **options)
+                                         allow_nonfinite=args.allow_nonfinite, **options)
     for note in converted.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {args.output}: {len(plan.tensor_to_filename)} tensors, {plan.total_size / 1e6:.1f} MB in "
           f"{len(plan.filename_to_tensors)} file(s), {time.perf_counter() - start:.1f}s")
-    return 0
+    return _verify(args) if args.verify else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from harness.card import Card, file_hashes
+    from harness.html_report import verify_page, write_html
+    from harness.verify import format_result, read_input_ids, tokenize, verify, write_json, write_report
+
+    fam = family(args.family)
+    converted = getattr(args, "converted", None) or args.output
+    options = {d: getattr(args, d) for d in (f.lstrip("-").replace("-", "_") for f in getattr(fam, "OPTIONS", {}))}
+    tokens = lengths = None
+    inputs = ""
+    if args.input_ids:
+        (tokens, lengths), inputs = read_input_ids(args.input_ids), f"token ids from {args.input_ids}"
+    elif args.text:
+        (tokens, lengths), inputs = tokenize(converted, args.text), f"token ids of {len(args.text)} text(s)"
+    if min(args.batch, args.seq_len) < 1:
+        raise ConversionError(f"--batch and --seq-len must be positive; found {args.batch} and {args.seq_len}")
+    _resolve_source(args, fam)
+    card = Card.open(args.source, converted) if getattr(args, "card", False) or getattr(args, "verify", False) else None
+    if card is not None and card.changed():
+        print("\n".join(f"FAIL: card: {line}" for line in card.changed()))
+        return 1
+    quiet = getattr(args, "quiet", False)
+    result = verify(fam, args.source, converted, tokens=tokens, lengths=lengths, inputs=inputs, device=args.device,
+                    compute_dtype=args.compute_dtype, config=args.config, batch=args.batch, seq_len=args.seq_len,
+                    seed=args.seed, progress=None if quiet else lambda m: print(f"verify: {m}", file=sys.stderr),
+                    **options)
+    print(format_result(result))
+    if args.json:
+        write_json(result, args.json)
+    if args.report:
+        write_report(result, args.report)
+    if args.html:
+        write_html(verify_page(result, file_hashes(args.source)), args.html)
+    reproduced, lines = card.settle(result, args.hub_id) if card is not None else (True, [])
+    for line in lines:
+        print(line)
+    return 0 if result.passed and reproduced else 1
+
+
+def _resolve_source(args: argparse.Namespace, fam: Family) -> None:
+    """SOURCE as given, or a Hub id (``--revision``) resolved to a local snapshot of the family's files, once."""
+    from harness.hub import is_repo_id, resolve_source
+
+    if not hasattr(args, "hub_id"):
+        args.hub_id = str(args.source) if not args.source.exists() and is_repo_id(str(args.source)) else None
+        args.source = resolve_source(args.source, fam.HUB_FILES, args.revision)
 
 
 def _check(args: argparse.Namespace) -> int:
     from harness.check import check_family
+    from harness.html_report import check_page, write_html
     from harness.report import write_json, write_markdown
 
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
@@ -163,6 +305,8 @@ def _check(args: argparse.Namespace) -> int:
         write_json(results, args.json)
     if args.report:
         write_markdown(results, args.report)
+    if args.html:
+        write_html(check_page(results), args.html)
     return 1 if failed else 0
 
 
@@ -170,14 +314,16 @@ def _gate(args: argparse.Namespace) -> int:
     from harness.gate import run_gate
 
     return run_gate(args.base, families(), _choices(args.devices, devices(), "device"),
-                    _choices(args.dtypes, DTYPES, "dtype"), junit=args.junit, markdown=args.markdown)
+                    _choices(args.dtypes, DTYPES, "dtype"), junit=args.junit, markdown=args.markdown,
+                    json_path=args.json, html=args.html, quiet=args.quiet)
 
 
 def _mutate(args: argparse.Namespace) -> int:
     from harness.mutate import run_mutate
 
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
-    return run_mutate(chosen, _choices(args.dtypes, DTYPES, "dtype"), json_path=args.json)
+    return run_mutate(chosen, _choices(args.dtypes, DTYPES, "dtype"), json_path=args.json, html=args.html,
+                      quiet=args.quiet)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -211,10 +357,11 @@ _ROW = "{:<9} {:<16} {:<6} {:<9} {:>9} {:>11} {:>6} {:>9}  {}"
 
 def _row(r: ParityResult) -> str:
     if r.metrics is None:
-        return _ROW.format(r.family, r.case, r.device, r.dtype, "-", "-", "-", "-", r.status)
+        return _ROW.format(r.family, r.case, r.device, r.dtype, "-", "-", "-", "-", paint_status(r.status, r.status,
+                                                                                                 colour()))
     m = r.metrics
     return _ROW.format(r.family, r.case, r.device, r.dtype, f"{m.max_abs:.2e}", f"{m.cosine:.8f}",
-                       f"{m.top1:.3f}", f"{m.kl:.1e}", r.status)
+                       f"{m.top1:.3f}", f"{m.kl:.1e}", paint_status(r.status, r.status, colour()))
 
 
 def _choices(text: str, allowed: Sequence[str], what: str) -> list[str]:

@@ -1,15 +1,19 @@
 """A family's config table: upstream hyper-parameters <-> a transformers ``config.json``, read both ways.
 
 Every upstream field is either mapped by a ``Field`` or listed in ``ignored`` with a reason; anything else is
-an error, not a silent default. Nested upstream fields are written with dots (``moe.num_experts``).
+an error, not a silent default. Nested upstream fields are written with dots (``moe.num_experts``). Each field
+declares the values it accepts (``kind=PositiveInt``) and the table the rules between fields
+(``checks=[Divides("n_kv_heads", "n_heads")]``, see ``harness.config_kinds``): all are checked, naming the
+field, before anything is converted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from harness.config_kinds import Check, Kind, show
 from harness.errors import ConversionError
 
 __all__ = ["REQUIRED", "ConfigMap", "Field"]
@@ -26,7 +30,8 @@ class Field:
     """One upstream field and the transformers field it becomes.
 
     ``default`` applies when the upstream file omits the field (cite the upstream line that defines it);
-    ``to_target(value, upstream_config)`` and ``to_source(value, target_config)`` convert the value.
+    ``to_target(value, upstream_config)`` and ``to_source(value, target_config)`` convert the value; ``kind``
+    is the set of values accepted (``harness.config_kinds``; None accepts anything).
     """
 
     source: str
@@ -34,6 +39,7 @@ class Field:
     default: Any = REQUIRED
     to_target: Callable[[Any, Mapping[str, Any]], Any] = _same
     to_source: Callable[[Any, Mapping[str, Any]], Any] = _same
+    kind: Kind | None = None
 
 
 class ConfigMap:
@@ -44,14 +50,21 @@ class ConfigMap:
     {'model_type': 'x', 'hidden_size': 8}
     >>> cm.to_source({"model_type": "x", "hidden_size": 8})
     {'dim': 8}
+    >>> from harness.config_kinds import PositiveInt
+    >>> ConfigMap([Field("dim", "hidden_size", kind=PositiveInt)], name="params.json").complete({"dim": "8"})
+    Traceback (most recent call last):
+    harness.errors.ConversionError: params.json: dim is '8' (a string); expected a positive integer
     """
 
     def __init__(self, fields: list[Field], fixed: Mapping[str, Any] | None = None,
-                 ignored: Mapping[str, str] | None = None, name: str = "config") -> None:
+                 ignored: Mapping[str, str] | None = None, name: str = "config",
+                 checks: Sequence[Check] = ()) -> None:
         self.fields, self.fixed, self.ignored, self.name = fields, dict(fixed or {}), dict(ignored or {}), name
+        self.checks = list(checks)
 
     def complete(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """The upstream config with defaults filled in; unknown or missing fields raise ConversionError."""
+        """The upstream config with defaults filled in; unknown or missing fields, values of the wrong kind and
+        failed checks raise ConversionError."""
         flat = _flatten(config)
         known = {f.source for f in self.fields}
         unknown = [k for k in flat if k not in known and not self._is_ignored(k)]
@@ -64,6 +77,7 @@ class ConfigMap:
         for f in self.fields:
             if f.source not in flat:
                 flat[f.source] = f.default
+        self._validate(flat)
         return {k: v for k, v in flat.items() if k in known}
 
     def to_target(self, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,6 +96,14 @@ class ConfigMap:
                 node = node.setdefault(p, {})
             node[leaf] = value
         return out
+
+    def _validate(self, flat: Mapping[str, Any]) -> None:
+        kinds = {f.source: f.kind for f in self.fields if f.kind is not None}
+        problems = [f"{k} is {show(flat[k])}; {p}" for k, kind in kinds.items() if (p := kind.problem(flat[k]))]
+        if not problems:  # the rules between fields assume each field is of its kind
+            problems = [p for check in self.checks if (p := check.problem(flat))]
+        if problems:
+            raise ConversionError(f"{self.name}: {'; '.join(problems)}")
 
     def _is_ignored(self, key: str) -> bool:
         return any(key == i or key.startswith(i + ".") for i in self.ignored)

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from harness.config_map import ConfigMap
+from harness.file_regions import FileRegion
 from harness.keymap import KeyMap, Step
 from harness.tensor_store import TensorStore
 
@@ -61,11 +62,24 @@ class Converted:
     source: TensorStore
     dims: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    # Other files of the output directory (a tokenizer), name -> bytes, made before any tensor is written.
+    files: Callable[[], dict[str, bytes]] | None = None
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for step in self.steps:
             outputs = step.run([self.source[k] for k in step.sources], self.dims)
             yield from zip(step.targets, outputs, strict=True)
+
+    def payloads(self) -> Iterator[tuple[str, torch.Tensor | FileRegion]]:
+        """The stream a writer consumes: ``tensors()``, except that an output whose bytes are a contiguous run
+        of a source tensor's bytes in its file (a rename, a row block of a split) comes as that ``FileRegion``,
+        to be copied file to file without being read.
+        """
+        for step in self.steps:
+            inputs = [self.source.mapped(k) for k in step.sources]
+            regions = [self.source.regions.get(k) for k in step.sources]
+            for name, out in zip(step.targets, step.run(inputs, self.dims), strict=True):
+                yield name, _region_of(out, inputs, regions) or out
 
     def plan(self) -> list[TensorSpec]:
         specs = []
@@ -75,6 +89,17 @@ class Converted:
             for name, out in zip(step.targets, step.run(inputs, self.dims), strict=True):
                 specs.append(TensorSpec(name, tuple(out.shape), out.dtype))
         return specs
+
+
+def _region_of(out: torch.Tensor, inputs: list[torch.Tensor], regions: list[FileRegion | None]
+               ) -> FileRegion | None:
+    """The file region ``out`` occupies, when it is a contiguous view into a memory-mapped input."""
+    if out.device.type != "cpu" or not out.is_contiguous() or not out.numel():
+        return None
+    for tensor, region in zip(inputs, regions, strict=True):
+        if region is not None and out.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
+            return region.sub(out.data_ptr() - tensor.data_ptr(), tuple(out.shape), out.dtype)
+    return None
 
 
 def convert_with(source: SourceCheckpoint, config_map: ConfigMap, key_map: KeyMap,

@@ -15,10 +15,12 @@ from pathlib import Path
 
 from harness.check import RoundTrip, check_family
 from harness.errors import ConversionError
+from harness.html_report import check_page, write_html
 from harness.parity import ParityResult
 from harness.registry import Family
-from harness.report import write_junit, write_markdown
+from harness.report import write_json, write_junit, write_markdown
 from harness.snapshot import case_snapshot, check_snapshot
+from harness.terminal import counter
 
 __all__ = ["SHARED", "affected_families", "changed_files", "run_gate"]
 
@@ -58,7 +60,8 @@ def affected_families(changed: Sequence[str], known: Sequence[str]) -> dict[str,
 
 
 def run_gate(base: str, families: dict[str, Family], devices: list[str], dtypes: list[str],
-             junit: Path | None = None, markdown: Path | None = None, repo: Path | None = None) -> int:
+             junit: Path | None = None, markdown: Path | None = None, repo: Path | None = None,
+             json_path: Path | None = None, html: Path | None = None, quiet: bool = False) -> int:
     """Run the matrix and snapshots for the families affected since ``base``; 0 when all pass."""
     if repo is None:
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True)
@@ -72,14 +75,16 @@ def run_gate(base: str, families: dict[str, Family], devices: list[str], dtypes:
         print(f"  {fam}: {why}")
     results: list[ParityResult] = []
     snapshots: dict[tuple[str, str], list[str]] = {}
-    for name in scope:
-        fam = families[name]
+    cells = sum(len(families[name].CASES) for name in scope) * len(devices) * len(dtypes)
+    with counter(cells, "gate", quiet) as tick:
+        for name in scope:
+            fam = families[name]
 
-        def snap(rt: RoundTrip, fam: Family = fam) -> None:
-            golden = repo / "golden" / fam.name / f"{rt.case}.json"
-            snapshots[fam.name, rt.case] = check_snapshot(case_snapshot(fam, rt), golden)
+            def snap(rt: RoundTrip, fam: Family = fam) -> None:
+                golden = repo / "golden" / fam.name / f"{rt.case}.json"
+                snapshots[fam.name, rt.case] = check_snapshot(case_snapshot(fam, rt), golden)
 
-        results += check_family(fam, devices, dtypes, on_round_trip=snap)
+            results += check_family(fam, devices, dtypes, on_round_trip=snap, on_result=tick)
     failed = [r for r in results if r.status == "FAIL"] + [k for k, v in snapshots.items() if v]
     lines = [f"- base: `{base}`; families: {', '.join(f'{f} ({w})' for f, w in scope.items()) or 'none'}",
              f"- golden snapshots: {len(snapshots)} checked, {sum(1 for p in snapshots.values() if p)} differ"]
@@ -88,6 +93,12 @@ def run_gate(base: str, families: dict[str, Family], devices: list[str], dtypes:
         write_junit(results, junit, snapshots)
     if markdown:
         write_markdown(results, markdown, title="convparity gate", extra_lines=lines)
+    if json_path:
+        write_json(results, json_path, {"base": base, "families": scope, "snapshots": {
+            f"{f}/{c}": p for (f, c), p in snapshots.items()}}, command="gate")
+    if html:
+        write_html(check_page(results, "convparity gate", [line.lstrip("- ").replace("`", "") for line in lines]),
+                   html)
     ran = sum(1 for r in results if not r.skipped) + len(snapshots)
     print(f"{ran - len(failed)} passed, {len(failed)} failed, {sum(1 for r in results if r.skipped)} skipped")
     for line in lines[2:]:

@@ -17,9 +17,15 @@ from typing import Any
 import torch
 
 from harness.errors import ConversionError
-from harness.rules import Dims, Drop, Rule, RuleLike, Tie
+from harness.rules import Dequantize, DequantizeSplit, Dims, Drop, Rule, RuleLike, Tie
 
-__all__ = ["KeyMap", "LedgerError", "Step"]
+__all__ = ["FLOATING", "KeyMap", "LedgerError", "Step", "check_dtypes"]
+
+FLOATING = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # the weight dtypes a conversion reads
+# Sources that are legitimately not floating point, by rule kind and position: gemma_pytorch quant=True weights.
+_INTEGER_SOURCES: dict[type[Rule], dict[int, tuple[torch.dtype, ...]]] = {
+    Dequantize: {0: (torch.int8,)}, DequantizeSplit: {0: (torch.int8,)},
+}
 
 Range = str | Callable[[Dims], Iterable[int]]
 
@@ -122,6 +128,35 @@ class KeyMap:
     def _span(self, name: str, dims: Dims) -> Iterable[int]:
         spec = self.ranges[name]
         return range(dims[spec]) if isinstance(spec, str) else spec(dims)
+
+
+def check_dtypes(steps: Iterable[Step], meta: Callable[[str], tuple[tuple[int, ...], torch.dtype]],
+                 origins: Mapping[str, str] | None = None) -> None:
+    """Refuse, from dtypes alone, any source tensor a step would read that is not of a dtype its rule expects:
+    integer, bool, complex or float8 where a floating-point weight belongs (int8 only for quantised weights).
+
+    >>> from harness.rules import Rename
+    >>> step = Step(Rename("w", "w"), (), ("w",), ("w",))
+    >>> check_dtypes([step], lambda k: ((2,), torch.int64))
+    Traceback (most recent call last):
+    harness.errors.ConversionError: tensor dtypes: w is int64, expected float32, bfloat16, float16 or float64
+    """
+    bad = []
+    for step in steps:
+        for i, key in enumerate(step.sources):
+            expected = _INTEGER_SOURCES.get(type(step.rule), {}).get(i, FLOATING)
+            dtype = meta(key)[1]
+            if dtype not in expected:
+                where = f" ({origins[key]})" if origins and key in origins else ""
+                bad.append(f"{key}{where} is {_names((dtype,))}, expected {_names(expected)}")
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ConversionError(f"tensor dtypes: {'; '.join(bad[:3])}{more}")
+
+
+def _names(dtypes: tuple[torch.dtype, ...]) -> str:
+    names = [str(d).removeprefix("torch.") for d in dtypes]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _raise_if_any(problems: dict[str, list[str]]) -> None:

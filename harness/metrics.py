@@ -46,26 +46,38 @@ class Tolerance:
     def max_abs_bound(self, noise: float | None) -> float:
         return max(self.max_abs, self.noise_factor * (noise or 0.0))
 
-    def violations(self, m: Metrics, noise: float | None = None) -> list[str]:
-        """Human-readable reasons ``m`` fails; empty when it passes. NaN never passes."""
+    def violations(self, m: Metrics, noise: float | None = None, drift: Metrics | None = None) -> list[str]:
+        """Human-readable reasons ``m`` fails; empty when it passes. NaN never passes.
+
+        ``drift`` is the reference's own metrics in this dtype against itself in float32: where it is worse
+        than a fixed bound (an MoE router flipping an expert on a near-tie), the bound for cosine, top-1 and
+        KL becomes ``noise_factor`` times that drift, as the max_abs bound does with ``noise``.
+        """
         out = []
         bound = self.max_abs_bound(noise)
         if not m.max_abs <= bound:
             why = f" (= {self.noise_factor:g} x noise floor {noise:.3g})" if bound > self.max_abs else ""
             out.append(f"max_abs {m.max_abs:.3g} > {bound:.3g}{why}")
-        if not m.cosine >= self.min_cosine:
-            out.append(f"cosine {m.cosine:.8f} < {self.min_cosine}")
-        if not m.top1 >= self.min_top1:
-            out.append(f"top1 {m.top1:.3f} < {self.min_top1}")
-        if not m.kl <= self.max_kl:
-            out.append(f"kl {m.kl:.3g} > {self.max_kl:g}")
+        f = self.noise_factor if drift is not None else 0.0
+        cosine = min(self.min_cosine, 1 - f * (1 - drift.cosine)) if f else self.min_cosine
+        top1 = min(self.min_top1, 1 - f * (1 - drift.top1)) if f else self.min_top1
+        kl = max(self.max_kl, f * drift.kl) if f else self.max_kl
+        if not m.cosine >= cosine:
+            out.append(f"cosine {m.cosine:.8f} < {cosine:.8g}")
+        if not m.top1 >= top1:
+            out.append(f"top1 {m.top1:.3f} < {top1:.3g}")
+        if not m.kl <= kl:
+            out.append(f"kl {m.kl:.3g} > {kl:.3g}")
         return out
 
 
 # One table for every family, per (device, dtype). float32 is held to 1e-4 absolute (correct conversions
 # measure <= 1e-5; a wrong GELU variant moves logits by >= 4.8e-4). Low precision compares against the
 # reference run in the same dtype: op-by-op rounding differs, so max_abs is bounded by a multiple of the
-# reference's own float32-to-low-precision drift, and the distribution by cosine, top-1 and KL.
+# reference's own float32-to-low-precision drift, and the distribution by cosine, top-1 and KL, each held to
+# the fixed bound or to 3x the reference's own drift in that metric, whichever is looser: a tiny MoE whose router
+# meets a near-tie flips an expert in bfloat16 on the reference side as well (measured: the reference's own KL
+# drift 9.4e-3 on mixtral-gqa, while the converted model sat at 2.4e-4 from float32).
 _FP32 = Tolerance(max_abs=1e-4, min_cosine=0.9999999, min_top1=0.95, max_kl=1e-8)
 _BF16 = Tolerance(max_abs=0.1, min_cosine=0.999, min_top1=0.9, max_kl=5e-3, noise_factor=3.0)
 _FP16 = Tolerance(max_abs=0.02, min_cosine=0.9999, min_top1=0.9, max_kl=1e-3, noise_factor=3.0)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import json
 import math
 import shutil
 import tempfile
@@ -33,11 +32,14 @@ from typing import Any
 import torch
 
 from harness.conversion import SourceCheckpoint, TensorSpec
+from harness.html_report import mutate_page, write_html
 from harness.metrics import DTYPES
 from harness.mutants import MUTANTS, Mutable, Mutant
 from harness.parity import load_converted, make_tokens, run_parity
 from harness.registry import Case, Family
+from harness.report import write_document
 from harness.tensor_store import TensorStore
+from harness.terminal import bar
 from harness.writer import write_model_dir
 
 __all__ = ["BATCH", "SEQ", "CaseRun", "MutationCase", "Record", "cases_for", "evaluate", "mutants_for", "prepare",
@@ -81,6 +83,7 @@ class Record:
     margin: float | None = None
     detail: str = ""
     about: str = ""
+    per_layer: list[dict[str, Any]] | None = None  # relative error per hidden state and the logits (parity)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -146,10 +149,11 @@ def evaluate(family: Family, run: CaseRun, m: Mutable, reference: SourceCheckpoi
     value = result.metrics.max_abs
     metric = result.violations[0].split()[0] if result.violations else "max_abs"
     detail = "; ".join(result.violations) or f"max_abs {value:.3g} <= {bound:.3g}"
-    return Record("", "", dtype, True, bool(result.violations), run.name, metric, value, bound, value / bound, detail)
+    return Record("", "", dtype, True, bool(result.violations), run.name, metric, value, bound, value / bound, detail,
+                  per_layer=result.per_layer)
 
 
-def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: bool = True
+def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: bool = True, quiet: bool = True
                ) -> tuple[list[Record], list[Record]]:
     """(mutant records, clean-control records) for one family, one record per mutant x dtype.
 
@@ -165,7 +169,7 @@ def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: boo
             rec.family, rec.mutant, rec.applicable = family.name, "(clean)", False
             controls.append(rec)
     records = []
-    for mutant in mutants_for(family):
+    for mutant in bar(mutants_for(family), f"mutate {family.name}", quiet):
         planted = [(run, _plant(mutant, run.clean)) for run in runs]
         live = [(run, m) for run, m in planted if not m.same_as(run.clean)]
         for dtype in dtypes:
@@ -182,7 +186,8 @@ def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: boo
     return records, controls
 
 
-def run_mutate(families: list[Family], dtypes: list[str], json_path: Path | None) -> int:
+def run_mutate(families: list[Family], dtypes: list[str], json_path: Path | None, html: Path | None = None,
+               quiet: bool = False) -> int:
     """``convparity mutate``: the kill table and rates on the terminal, records as JSON; 1 if any survives."""
     start = time.perf_counter()
     records: list[Record] = []
@@ -190,7 +195,7 @@ def run_mutate(families: list[Family], dtypes: list[str], json_path: Path | None
     print(_row("family", "mutant", dtypes))
     with _workdir() as workdir:
         for fam in families:
-            recs, ctrl = run_family(fam, dtypes, workdir)
+            recs, ctrl = run_family(fam, dtypes, workdir, quiet=quiet)
             records += recs
             controls += ctrl
             for name in dict.fromkeys(r.mutant for r in recs):
@@ -201,7 +206,9 @@ def run_mutate(families: list[Family], dtypes: list[str], json_path: Path | None
         print(line)
     print(f"in {time.perf_counter() - start:.1f}s")
     if json_path is not None:
-        json_path.write_text(json.dumps([r.as_dict() for r in records + controls], indent=2) + "\n")
+        write_document(json_path, "mutate", [r.as_dict() for r in records + controls])
+    if html is not None:
+        write_html(mutate_page(records, controls), html)
     survived = [r for r in records if r.applicable and not r.killed]
     false_failures = [r for r in controls if r.killed]
     return 1 if survived or false_failures else 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,8 @@ from harness.conversion import SourceCheckpoint
 from harness.metrics import DTYPES, Metrics, Tolerance, compare_logits, tolerance_for
 from harness.registry import Family
 
-__all__ = ["ParityResult", "cuda_skip_reason", "devices", "load_converted", "make_tokens", "run_parity"]
+__all__ = ["ParityResult", "UpcastTensors", "cuda_skip_reason", "devices", "load_converted", "make_tokens",
+           "run_parity"]
 
 
 @dataclass
@@ -34,8 +37,11 @@ class ParityResult:
     skipped: str | None = None
     first_divergent_layer: int | None = None
     noise: float | None = None  # max |reference in dtype - reference in float32|; None in float32
+    drift: Metrics | None = None  # the reference in dtype against itself in float32; None in float32
     source_sha256: str | None = None  # of the source files the case was converted from
     seconds: float = 0.0
+    # per hidden state then the logits: {"name", "rel" (max abs error / scale), "bound", "noise"}, all relative
+    per_layer: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -56,6 +62,46 @@ def cuda_skip_reason() -> str | None:
 def devices() -> list[str]:
     """The device matrix: CPU always, CUDA always listed (skipped with a reason where absent)."""
     return ["cpu", "cuda"]
+
+
+class UpcastTensors(Mapping[str, torch.Tensor]):
+    """Source tensors, each read and cast to ``dtype`` on ``device`` only when the reference asks for it.
+
+    Floating tensors are cast, others (int8 quantised weights, their scales' indices) only moved. Nothing is
+    kept: memory holds the tensors the reference is using, never the checkpoint. A tensor read again (the
+    Hub's fused Mixtral experts, sliced once per expert) is kept while it fits in ``cache_bytes``.
+
+    >>> t = UpcastTensors({"w": torch.ones(2, dtype=torch.bfloat16)}, "cpu", torch.float64)
+    >>> t["w"].dtype
+    torch.float64
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], device: str | torch.device, dtype: torch.dtype,
+                 cache_bytes: int = 0) -> None:
+        self.tensors, self.device, self.dtype, self.cache_bytes = tensors, device, dtype, cache_bytes
+        self._seen: set[str] = set()
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self._cache:
+            self._cache.move_to_end(name)
+            return self._cache[name]
+        t = _cast(self.tensors[name], self.device, self.dtype)
+        if name in self._seen and t.nbytes <= self.cache_bytes:
+            self._cache[name] = t
+            while sum(c.nbytes for c in self._cache.values()) > self.cache_bytes:
+                self._cache.popitem(last=False)
+        self._seen.add(name)
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
 
 
 def make_tokens(vocab_size: int, batch: int = 2, seq: int = 24, seed: int = 0) -> torch.Tensor:
@@ -99,11 +145,17 @@ def run_parity(family: Family, case: str, source: SourceCheckpoint, model: Any, 
         if logits.shape != ref_logits.shape:  # e.g. a vocabulary cut to the wrong size
             result.violations = [f"logits shape {tuple(logits.shape)}, reference {tuple(ref_logits.shape)}"]
             return result
+        exact_hidden = None
         if dtype != "float32":
-            exact = _reference(family, source, tokens, device, "float32")[0]
+            exact, exact_hidden = _reference(family, source, tokens, device, "float32")
             result.noise = (ref_logits - exact).abs().max().item()
+            result.drift = compare_logits(exact, ref_logits)
     result.metrics, result.tolerance = compare_logits(ref_logits, logits), tol
-    result.violations = tol.violations(result.metrics, result.noise)
+    result.violations = tol.violations(result.metrics, result.noise, result.drift)
+    result.per_layer = _per_layer(ref_hidden, out.hidden_states, exact_hidden, tol)
+    scale = ref_logits.abs().max().item() or 1.0
+    result.per_layer.append({"name": "logits", "rel": result.metrics.max_abs / scale, "bound":
+                             tol.max_abs_bound(result.noise) / scale, "noise": (result.noise or 0.0) / scale or None})
     if result.violations:
         result.first_divergent_layer = _first_divergence(ref_hidden, out.hidden_states, tol)
     return result
@@ -111,7 +163,7 @@ def run_parity(family: Family, case: str, source: SourceCheckpoint, model: Any, 
 
 def _reference(family: Family, source: SourceCheckpoint, tokens: torch.Tensor, device: str,
                dtype: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    tensors = {k: _cast(source.tensors[k], device, DTYPES[dtype]) for k in source.tensors}
+    tensors = UpcastTensors(source.tensors, device, DTYPES[dtype])
     return family.forward(tensors, source.config, tokens, hidden_states=True)
 
 
@@ -129,3 +181,16 @@ def _first_divergence(ref: list[torch.Tensor], got: tuple[torch.Tensor, ...] | N
             return i
     logging.getLogger(__name__).debug("hidden states agree; divergence is after the last block")
     return None
+
+
+def _per_layer(ref: list[torch.Tensor], got: tuple[torch.Tensor, ...] | None, exact: list[torch.Tensor] | None,
+               tol: Tolerance) -> list[dict[str, Any]]:
+    """Relative error of each hidden state but the last (which differs by a final norm), against the bound
+    ``_first_divergence`` holds it to, with the reference's own drift from float32 in low precision."""
+    rows = []
+    for i, (a, b) in enumerate(zip(ref[:-1], (got or ())[:-1], strict=False)):
+        scale = a.abs().max().item() or 1.0
+        noise = (a.float() - exact[i].float()).abs().max().item() / scale if exact is not None else None
+        rows.append({"name": "embeddings" if i == 0 else f"layers.{i - 1}",
+                     "rel": (a.float() - b.float()).abs().max().item() / scale, "bound": tol.max_abs, "noise": noise})
+    return rows

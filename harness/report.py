@@ -23,7 +23,8 @@ import torch
 
 from harness.parity import ParityResult
 
-__all__ = ["environment", "record", "write_json", "write_junit", "write_markdown"]
+__all__ = ["SCHEMA", "environment", "record", "summary", "write_document", "write_json", "write_junit",
+           "write_markdown"]
 
 
 def environment() -> dict[str, str]:
@@ -44,13 +45,26 @@ def record(r: ParityResult) -> dict[str, Any]:
             "metrics": r.metrics.as_dict() if r.metrics else None,
             "tolerance": {**asdict(tol), "max_abs_bound": tol.max_abs_bound(r.noise)} if tol else None,
             "noise_floor": r.noise, "violations": r.violations, "first_divergent_layer": r.first_divergent_layer,
-            "skipped": r.skipped, "source_sha256": r.source_sha256, "seconds": round(r.seconds, 3)}
+            "skipped": r.skipped, "source_sha256": r.source_sha256, "seconds": round(r.seconds, 3),
+            "per_layer": r.per_layer}
 
 
-def write_json(results: Sequence[ParityResult], path: Path, extra: dict[str, Any] | None = None) -> None:
-    payload = {"environment": environment(), "summary": _summary(results), **(extra or {}),
-               "results": [record(r) for r in results]}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+SCHEMA = "convparity/1"  # docs/json-schema.md
+
+
+def write_document(path: Path, command: str, results: Sequence[dict[str, Any]], **extra: Any) -> None:
+    """Every command's ``--json``: ``{"schema", "command", "environment", **extra, "results": [...]}``.
+
+    ``command`` is the subcommand (check, verify, gate, mutate); ``environment()["command"]`` the exact argv.
+    """
+    payload = {"schema": SCHEMA, "command": command, "environment": environment(), **extra,
+               "results": list(results)}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def write_json(results: Sequence[ParityResult], path: Path, extra: dict[str, Any] | None = None,
+               command: str = "check") -> None:
+    write_document(path, command, [record(r) for r in results], summary=_summary(results), **(extra or {}))
 
 
 def write_markdown(results: Sequence[ParityResult], path: Path, title: str = "convparity parity report",
@@ -104,6 +118,11 @@ def write_junit(results: Sequence[ParityResult], path: Path, snapshots: dict[tup
         suite.set("skipped", str(sum(1 for r in cells if r.skipped)))
     ET.indent(root)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def summary(results: Sequence[ParityResult]) -> dict[str, int]:
+    """Counts of passed, failed and skipped results."""
+    return _summary(results)
 
 
 def _summary(results: Sequence[ParityResult]) -> dict[str, int]:

@@ -261,3 +261,67 @@ class RenameAt(Rename):
         if at not in self.sources[0].names or self.sources[0].names - {at} != self.targets[0].names:
             raise ValueError(f"RenameAt: {source!r} must carry {{{at}}} and otherwise the placeholders of "
                              f"{target!r}")
+
+
+__all__ += ["MergeRanks", "MergeRotary", "Replicated"]
+
+
+class MergeRanks(Rule):
+    """Model-parallel rank slices -> one tensor. The source is stacked by rank, [ranks, *slice] (rank r's file
+    at index r), and the slices are joined along ``dim`` of a slice: fairscale's ColumnParallelLinear and
+    VocabParallelEmbedding split dim 0, RowParallelLinear and ParallelEmbedding dim 1.
+
+    The inverse writes ``dims[ranks]`` slices, or one when ``ranks`` is None: a model-parallel degree that the
+    config does not state is a property of the files, not of the model (a family's ``write`` reshards).
+    """
+
+    def __init__(self, source: str, target: str, *, dim: int, ranks: str | None = None) -> None:
+        super().__init__([source], [target])
+        self.dim, self.ranks = dim, ranks
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.concat_ranks(tensors[0], self.dim)]
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.split_ranks(tensors[0], dims[self.ranks] if self.ranks else 1, self.dim)]
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, dim={self.dim})"
+
+
+class MergeRotary(MergeRanks):
+    """Column-parallel q/k rank slices merged on dim 0, then permuted from interleaved-pair rotary to rotate-half
+    per head of ``head_dim`` rows. Each rank holds whole, contiguous heads, so the permutation runs on the merged
+    matrix with the model's head count (``heads="n_kv_heads"`` for k under grouped-query attention).
+    """
+
+    def __init__(self, source: str, target: str, *, heads: str, head_dim: str = "head_dim",
+                 ranks: str | None = None) -> None:
+        super().__init__(source, target, dim=0, ranks=ranks)
+        self.heads, self.head_dim = heads, head_dim
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        merged = transforms.concat_ranks(tensors[0], 0)
+        return [transforms.permute_rotary(merged, dims[self.heads], dims[self.head_dim])]
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        w = transforms.unpermute_rotary(tensors[0], dims[self.heads], dims[self.head_dim])
+        return super().inverse([w], dims)
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, heads={self.heads})"
+
+
+class Replicated(Rule):
+    """A tensor that every rank file holds whole (a norm weight), stacked by rank -> rank 0's copy. The family's
+    reader checks that the copies agree; the inverse replicates it (``ranks`` as in :class:`MergeRanks`)."""
+
+    def __init__(self, source: str, target: str, *, ranks: str | None = None) -> None:
+        super().__init__([source], [target])
+        self.ranks = ranks
+
+    def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.first_rank(tensors[0])]
+
+    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return [transforms.replicate_rank(tensors[0], dims[self.ranks] if self.ranks else 1)]

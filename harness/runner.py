@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from harness.conversion import Converted, TensorSpec
 from harness.errors import ConversionError
+from harness.finite import refuse_nonfinite
+from harness.keymap import check_dtypes
 from harness.metrics import DTYPES
 from harness.registry import Family
-from harness.writer import ShardPlan, remove_stale_partials, write_model_dir
+from harness.staging import remove_stale_partials
+from harness.writer import ShardPlan, write_model_dir
 
 __all__ = ["DEFAULT_SHARD_SIZE", "convert_checkpoint", "write_converted"]
 
@@ -21,7 +24,8 @@ DEFAULT_SHARD_SIZE = 5 * 10**9
 
 def convert_checkpoint(family: Family, source: Path, output: Path, *, config: Path | None = None,
                        dtype: str | None = None, max_shard_size: int = DEFAULT_SHARD_SIZE,
-                       progress: bool = False, **options: object) -> tuple[Converted, ShardPlan]:
+                       progress: bool = False, allow_nonfinite: bool = False, **options: object
+                       ) -> tuple[Converted, ShardPlan]:
     """``convparity convert``: source path as upstream ships it -> a ``from_pretrained`` directory.
 
     Bad input raises ConversionError before ``output`` is created.
@@ -35,35 +39,41 @@ def convert_checkpoint(family: Family, source: Path, output: Path, *, config: Pa
     checkpoint = family.read(source, config=config, **options)
     converted = family.convert(checkpoint)
     converted.notes += remove_stale_partials(output)
-    plan = write_converted(converted, output, dtype=dtype, max_shard_size=max_shard_size, progress=progress)
+    plan = write_converted(converted, output, dtype=dtype, max_shard_size=max_shard_size, progress=progress,
+                           allow_nonfinite=allow_nonfinite)
     return converted, plan
 
 
 def write_converted(converted: Converted, output: Path, *, dtype: str | None = None,
-                    max_shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = False) -> ShardPlan:
-    """Cast floating tensors to ``dtype`` (default: as stored) and write config and shards atomically."""
+                    max_shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = False,
+                    allow_nonfinite: bool = False) -> ShardPlan:
+    """Cast floating tensors to ``dtype`` (default: as stored) and write config and shards atomically.
+
+    NaN/Inf weights are refused (ConversionError, nothing written) unless ``allow_nonfinite``; then they are
+    written as they are and named in ``converted.notes``.
+    """
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     target = DTYPES[dtype] if dtype else None
+    check_dtypes(converted.steps, converted.source.meta, converted.source.origins)  # before any rule runs
     specs = [_cast_spec(s, target) for s in converted.plan()]
     floats = [s.dtype for s in specs if s.dtype.is_floating_point]
     config = {**converted.config, "dtype": str(target or (floats[0] if floats else torch.float32))[6:]}
-    stream = _cast_stream(converted.tensors(), target)
+    stream = refuse_nonfinite(converted.payloads(), allow=allow_nonfinite, notes=converted.notes)
     total = sum(s.nbytes for s in specs)
-    with _progress_bar(total, enabled=progress) as advance:
-        return write_model_dir(output, config, specs, stream, max_shard_size, advance)
+    files = converted.files() if converted.files is not None else {}  # a bad one fails before any tensor is read
+    try:
+        with _progress_bar(total, enabled=progress) as advance:
+            return write_model_dir(output, config, specs, stream, max_shard_size, advance, files=files)
+    except OSError as err:  # the machine's, not the checkpoint's: a full disk, a read-only or vanished folder
+        where = f" ({err.filename})" if err.filename else ""
+        raise ConversionError(f"I/O error while converting into {output}: {err.strerror or err}{where}") from None
 
 
 def _cast_spec(spec: TensorSpec, dtype: torch.dtype | None) -> TensorSpec:
     if dtype is None or not spec.dtype.is_floating_point:
         return spec
     return TensorSpec(spec.name, spec.shape, dtype)
-
-
-def _cast_stream(stream: Iterator[tuple[str, torch.Tensor]], dtype: torch.dtype | None
-                 ) -> Iterator[tuple[str, torch.Tensor]]:
-    for name, tensor in stream:
-        yield name, tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
 class _progress_bar:  # noqa: N801 - used as a context manager like a function

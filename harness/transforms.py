@@ -108,3 +108,39 @@ def quantize(w: torch.Tensor) -> list[torch.Tensor]:
     """Symmetric per-row int8 quantisation; inverse of :func:`dequantize` for the values it produces."""
     scaler = w.abs().amax(dim=-1).clamp_min(1e-12) / 127
     return [torch.round(w / scaler.unsqueeze(-1)).clamp(-127, 127).to(torch.int8), scaler.float()]
+
+
+__all__ += ["concat_ranks", "first_rank", "replicate_rank", "split_ranks"]
+
+
+def concat_ranks(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Model-parallel slices stacked by rank [ranks, *slice] -> the whole tensor, joined along ``dim`` of a slice.
+
+    Rank r's slice comes r-th, as fairscale's all-gather orders them (column-parallel: dim 0, row-parallel:
+    dim 1). Along dim 0 this is a view, no copy.
+
+    >>> concat_ranks(torch.tensor([[[0, 1]], [[2, 3]]]), dim=1).tolist()
+    [[0, 1, 2, 3]]
+    """
+    ranks, *shape = w.shape
+    # (ranks, *shape) -> (*shape[:dim], ranks, shape[dim], *shape[dim+1:]) -> (..., ranks * shape[dim], ...)
+    return w.movedim(0, dim).reshape(*shape[:dim], ranks * shape[dim], *shape[dim + 1:])
+
+
+def split_ranks(w: torch.Tensor, ranks: int, dim: int) -> torch.Tensor:
+    """Inverse of :func:`concat_ranks`: ``ranks`` equal contiguous chunks along ``dim``, stacked by rank."""
+    shape = w.shape
+    if shape[dim] % ranks:
+        raise ValueError(f"dimension {dim} of size {shape[dim]} does not split into {ranks} equal rank slices")
+    # (..., shape[dim], ...) -> (..., ranks, shape[dim] / ranks, ...) -> (ranks, *slice)
+    return w.reshape(*shape[:dim], ranks, shape[dim] // ranks, *shape[dim + 1:]).movedim(dim, 0)
+
+
+def first_rank(w: torch.Tensor) -> torch.Tensor:
+    """A tensor every rank holds whole (a norm weight), stacked by rank -> rank 0's copy."""
+    return w[0]
+
+
+def replicate_rank(w: torch.Tensor, ranks: int) -> torch.Tensor:
+    """Inverse of :func:`first_rank`: the same copy for each of ``ranks`` ranks, stacked."""
+    return w.unsqueeze(0).expand(ranks, *w.shape)

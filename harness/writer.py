@@ -2,40 +2,39 @@
 
 The shard plan is computed from names, shapes and dtypes alone; every shard's header is therefore known
 before its data, so each tensor is written the moment it is produced and then freed: peak memory is about
-one tensor, whatever the size of the model or of a shard. Everything goes into a temporary sibling
-directory that is renamed into place at the end; a failure removes it, leaving nothing behind.
+one tensor, whatever the size of the model or of a shard. A tensor whose bytes pass through unchanged arrives
+as a ``FileRegion`` and is copied from the source file in the kernel, never through Python. Everything goes
+into a temporary sibling directory (``harness.staging``) that is renamed into place at the end; a failure
+removes it, leaving nothing behind.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
-import shutil
-import socket
 import struct
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from harness.conversion import TensorSpec
 from harness.errors import ConversionError
+from harness.file_regions import FileRegion, copy_region
+from harness.staging import staged_directory
 
-__all__ = ["ShardPlan", "parse_size", "plan_shards", "remove_stale_partials", "write_model_dir"]
+__all__ = ["Payload", "ShardPlan", "parse_size", "plan_shards", "write_model_dir"]
 
-_PARTIAL = ".partial"
-_OWNER = ".convparity-owner.json"  # inside a staging directory: which process is writing it
-
+_CAST_CHUNK = 1 << 24  # elements cast at a time: a --dtype cast holds one chunk, not the tensor twice
 _DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+Payload = torch.Tensor | FileRegion
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -82,81 +81,33 @@ def plan_shards(specs: Iterable[TensorSpec], max_shard_size: int) -> ShardPlan:
 
 
 def write_model_dir(output: Path, config: Mapping[str, Any], specs: list[TensorSpec],
-                    tensors: Iterable[tuple[str, torch.Tensor]], max_shard_size: int,
-                    progress: Callable[[int], None] | None = None) -> ShardPlan:
-    """Write ``config.json`` and the planned shards into ``output``, which must not exist yet.
+                    payloads: Iterable[tuple[str, Payload]], max_shard_size: int,
+                    progress: Callable[[int], None] | None = None,
+                    files: Mapping[str, bytes] | None = None) -> ShardPlan:
+    """Write ``config.json``, the planned shards and ``files`` (name -> bytes) into ``output``, which must not
+    exist yet.
 
-    ``tensors`` must arrive in the order of ``specs`` with matching shapes and dtypes (cast beforehand).
+    ``payloads`` must arrive in the order of ``specs`` with matching shapes. A tensor is written from memory,
+    a ``FileRegion`` is copied file to file in the kernel; either is cast (in chunks) to its spec's dtype.
     """
-    if output.exists():
-        raise ConversionError(f"output {output} already exists; choose a new directory or remove it")
-    if not output.parent.is_dir():
-        raise ConversionError(f"parent directory {output.parent} of the output does not exist")
     plan = plan_shards(specs, max_shard_size)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=_PARTIAL, dir=output.parent))
-    try:
-        (staging / _OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
-        stream = iter(tensors)
+    with staged_directory(output) as staging:
+        stream = iter(payloads)
         for filename, group in plan.filename_to_tensors.items():
-            with open(staging / filename, "wb") as f:
-                _write_shard(f, group, stream, progress)
+            with open(staging / filename, "wb", buffering=0) as f:
+                _write_shard(f.fileno(), group, stream, progress)
         if next(stream, None) is not None:
             raise RuntimeError("the converter produced more tensors than it planned")
         if len(plan.filename_to_tensors) > 1:
             index = {"metadata": {"total_size": plan.total_size}, "weight_map": plan.tensor_to_filename}
             (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (staging / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
-        (staging / _OWNER).unlink()
-        os.rename(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        for name, data in (files or {}).items():
+            (staging / name).write_bytes(data)
     return plan
 
 
-def remove_stale_partials(output: Path) -> list[str]:
-    """Remove staging directories that an earlier, killed conversion into ``output`` left behind.
-
-    A staging directory is stale when the process that made it (recorded inside it) no longer runs on this
-    host. One that is still being written, or that another host made (a shared filesystem), is left alone
-    with an error saying how to remove it. Returns one note per directory removed.
-    """
-    notes = []
-    for partial in sorted(output.parent.glob(f".{glob.escape(output.name)}.*{_PARTIAL}")):
-        owner = _read_owner(partial)
-        if owner.get("host") == socket.gethostname() and _running(owner.get("pid")):
-            raise ConversionError(f"{partial} is being written by process {owner['pid']}; wait for it to finish "
-                                  f"or stop it, then run again (if no conversion is running, rm -r '{partial}')")
-        if owner and owner.get("host") != socket.gethostname():
-            raise ConversionError(f"{partial} was left by a conversion on host {owner.get('host')!r}; if none is "
-                                  f"running there, remove it: rm -r '{partial}'")
-        shutil.rmtree(partial, ignore_errors=True)
-        notes.append(f"removed {partial}, left by an interrupted conversion"
-                     f"{' (process ' + str(owner['pid']) + ')' if owner.get('pid') else ''}")
-    return notes
-
-
-def _read_owner(partial: Path) -> dict[str, Any]:
-    try:
-        owner = json.loads((partial / _OWNER).read_text())
-    except (OSError, ValueError):
-        return {}  # the owner file is written first: without one, the directory was abandoned at once
-    return owner if isinstance(owner, dict) else {}
-
-
-def _running(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def _write_shard(f: BinaryIO, group: list[TensorSpec], stream: Iterable[tuple[str, torch.Tensor]],
+def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, Payload]],
                  progress: Callable[[int], None] | None) -> None:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -166,14 +117,37 @@ def _write_shard(f: BinaryIO, group: list[TensorSpec], stream: Iterable[tuple[st
         offset += spec.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    f.write(struct.pack("<Q", len(raw)) + raw)
+    _pwrite_all(fd, struct.pack("<Q", len(raw)) + raw, 0)
+    offset = 8 + len(raw)
     stream = iter(stream)
     for spec in group:
-        name, tensor = next(stream)
-        if name != spec.name or tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+        name, payload = next(stream)
+        castable = payload.dtype == spec.dtype or (payload.dtype.is_floating_point and spec.dtype.is_floating_point)
+        if name != spec.name or tuple(payload.shape) != spec.shape or not castable:
             raise RuntimeError(f"planned {spec.name} {spec.shape} {spec.dtype}, got {name} "
-                               f"{tuple(tensor.shape)} {tensor.dtype}")
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        f.write(memoryview(data.numpy()))
+                               f"{tuple(payload.shape)} {payload.dtype}")
+        if isinstance(payload, FileRegion) and payload.dtype == spec.dtype:
+            copy_region(payload, fd, offset)
+        else:
+            tensor = payload.mapped() if isinstance(payload, FileRegion) else payload
+            _write_tensor(fd, tensor.detach().to("cpu"), spec.dtype, offset)
+        offset += spec.nbytes
         if progress is not None:
             progress(spec.nbytes)
+
+
+def _write_tensor(fd: int, tensor: torch.Tensor, dtype: torch.dtype, offset: int) -> None:
+    """Write ``tensor`` as ``dtype`` at ``offset``; a cast goes chunk by chunk so memory stays near one chunk."""
+    flat = tensor.reshape(-1) if tensor.is_contiguous() else tensor.contiguous().reshape(-1)
+    step = flat.numel() if tensor.dtype == dtype else _CAST_CHUNK
+    for start in range(0, flat.numel(), max(step, 1)):
+        chunk = flat[start: start + step].to(dtype).view(torch.uint8)
+        _pwrite_all(fd, memoryview(chunk.numpy()), offset)
+        offset += chunk.numel()
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)  # may write less than asked (Linux caps one call near 2 GiB)
+        view, offset = view[n:], offset + n

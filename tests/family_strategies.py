@@ -79,3 +79,24 @@ def rwkv(draw: Callable) -> Case:
 
 
 STRATEGIES = {"mixtral": mixtral(), "gemma": gemma(), "phi": phi(), "gpt_sw3": gpt_sw3(), "rwkv": rwkv()}
+
+
+@st.composite
+def llama(draw: Callable) -> Case:
+    ranks = draw(st.sampled_from([1, 2, 4]))
+    kv = draw(st.sampled_from([k for k in (1, 2, 4) if k % ranks == 0]))  # fairscale gives each rank whole kv heads
+    heads = kv * draw(st.sampled_from([1, 2]))
+    llama3 = draw(st.booleans())  # the embedding split over the vocabulary (Llama 3) or over its columns
+    vocab = 4 * draw(st.integers(10, 60))  # output rows split over up to 4 ranks
+    config = dict(dim=heads * draw(st.sampled_from([4, 8, 16])), n_layers=draw(st.integers(1, 2)), n_heads=heads,
+                  n_kv_heads=draw(st.sampled_from([kv, None])) if kv == heads else kv,
+                  multiple_of=draw(st.sampled_from([4, 16, 32])),
+                  ffn_dim_multiplier=draw(st.sampled_from([None, 0.7, 1.3])),
+                  norm_eps=draw(EPS), vocab_size=vocab if llama3 else draw(st.sampled_from([-1, vocab])),
+                  rope_theta=5e5 if llama3 else draw(st.sampled_from([None, 1e4, 1e6])),
+                  use_scaled_rope=draw(st.booleans()) if llama3 else None,
+                  storage=draw(st.sampled_from(["float32", "bfloat16"])))
+    return Case("sweep", config, container=f"mp{ranks}", layout="llama3" if llama3 else "llama2")
+
+
+STRATEGIES["llama"] = llama()

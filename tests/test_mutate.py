@@ -103,7 +103,7 @@ def test_an_equivalent_mutant_survives_and_fails_the_run(tmp_path: Path, monkeyp
     monkeypatch.setattr(mutate, "cases_for", lambda fam: {"gqa": fam.CASES["gqa"]})
     out = tmp_path / "mutate.json"
     assert mutate.run_mutate([family("mixtral")], ["float32"], out) == 1
-    records = json.loads(out.read_text())
+    records = json.loads(out.read_text())["results"]
     mine = [r for r in records if r["mutant"] == "swap_experts_with_router"]
     assert mine and mine[0]["applicable"] and not mine[0]["killed"]
     assert {"family", "mutant", "killed", "metric", "value", "bound", "case"} <= mine[0].keys()

@@ -180,7 +180,7 @@ def test_bad_tensors_get_one_line_naming_the_key(source_dir: Path, capsys, edit,
     (dict(hidden_size=32), r"unknown field\(s\) \['hidden_size'\]"),
     (dict(model_type="phi"), "model_type 'phi' is not an original Phi layout"),
     (dict(tie_word_embeddings=True), "tie_word_embeddings is true"),
-    (dict(n_head=3), "n_embd 32 must be a multiple of n_head 3"),
+    (dict(n_head=3), r"config.json: n_embd 32 is not a multiple of n_head 3; out_proj is Linear"),
 ])
 def test_bad_configs_get_one_line(source_dir: Path, capsys, fields: dict, message: str) -> None:
     _edit_config(source_dir, **fields)

@@ -17,13 +17,13 @@ from harness.registry import family
 # The child converts a tiny Mixtral, sleeping between tensors so that there is time to signal it mid-write.
 _SLOW_CONVERT = textwrap.dedent("""
     import sys, time
-    import harness.runner as runner
-    cast = runner._cast_stream
-    def slow(stream, dtype):
-        for item in cast(stream, dtype):
+    from harness.conversion import Converted
+    payloads = Converted.payloads
+    def slow(self):
+        for item in payloads(self):
             time.sleep(0.2)
             yield item
-    runner._cast_stream = slow
+    Converted.payloads = slow
     from harness.cli import main
     sys.exit(main(["convert", "mixtral", sys.argv[1], sys.argv[2], "--quiet"]))
 """)

@@ -92,3 +92,30 @@ def test_transforms_run_on_meta() -> None:
     w = torch.empty(12, 4, device="meta")
     assert T.permute_rotary(w, 3, 4).shape == (12, 4)
     assert [t.shape[0] for t in T.split_qkv(w, 2, 1, 3)] == [6, 3, 3]
+
+
+@given(ranks=small, rows=small, cols=small, dim=st.sampled_from([0, 1]))
+def test_rank_merge_round_trips(ranks: int, rows: int, cols: int, dim: int) -> None:
+    stacked = _rand(ranks, rows, cols)  # rank r's slice at index r
+    merged = T.concat_ranks(stacked, dim)
+    assert merged.numel() == stacked.numel()
+    assert merged.shape == ((ranks * rows, cols) if dim == 0 else (rows, ranks * cols))
+    assert torch.equal(T.split_ranks(merged, ranks, dim), stacked)
+    assert torch.equal(T.concat_ranks(T.split_ranks(merged, ranks, dim), dim), merged)
+
+
+@given(ranks=small, n=small)
+def test_replicated_rank_round_trips(ranks: int, n: int) -> None:
+    w = _rand(n)
+    stacked = T.replicate_rank(w, ranks)
+    assert stacked.shape == (ranks, n) and torch.equal(T.first_rank(stacked), w)
+
+
+def test_rank_merge_joins_slices_in_rank_order() -> None:
+    # column-parallel (dim 0) stacks rank 0's rows first; row-parallel (dim 1) puts rank 0's columns first
+    stacked = torch.arange(8.0).reshape(2, 2, 2)  # rank 0: [[0, 1], [2, 3]], rank 1: [[4, 5], [6, 7]]
+    assert T.concat_ranks(stacked, 0).tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert T.concat_ranks(stacked, 1).tolist() == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    assert T.concat_ranks(torch.empty(8, 3, 5, device="meta"), 1).shape == (3, 40)
+    with pytest.raises(ValueError, match="does not split into 3 equal rank slices"):
+        T.split_ranks(torch.zeros(4, 2), 3, 0)

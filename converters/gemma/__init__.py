@@ -4,4 +4,7 @@ from converters.gemma.convert import convert, invert
 from converters.gemma.reference import forward
 from converters.gemma.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
 
-__all__ = ["CASES", "OPTIONS", "SIZES", "convert", "forward", "invert", "read", "shapes", "tiny", "write"]
+# What `convert`/`verify` fetch for a Hub id as SOURCE: config.json, one .ckpt, or an index + shards (source.read).
+HUB_FILES = ["config.json", "*.ckpt", "pytorch_model*.bin", "*.index.json"]
+
+__all__ = ["CASES", "HUB_FILES", "OPTIONS", "SIZES", "convert", "forward", "invert", "read", "shapes", "tiny", "write"]

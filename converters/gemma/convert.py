@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from converters.gemma.source import DEFAULTS, shapes
+from harness.config_kinds import Bool, Count, Divides, OneOf, PositiveFloat, PositiveInt, Valid
 from harness.config_map import ConfigMap, Field
 from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
 from harness.keymap import KeyMap
@@ -25,19 +26,21 @@ _LATER = "a Gemma 2/3 feature; source.read refuses it unless null/false"
 
 CONFIG = ConfigMap(
     [
-        Field("vocab_size", "vocab_size"),  # no padding rows: embedder has exactly vocab_size rows (L524)
-        Field("hidden_size", "hidden_size"),
-        Field("intermediate_size", "intermediate_size"),
-        Field("num_hidden_layers", "num_hidden_layers"),
-        Field("num_attention_heads", "num_attention_heads"),
-        Field("num_key_value_heads", "num_key_value_heads"),
+        # no padding rows: embedder has exactly vocab_size rows (L524)
+        Field("vocab_size", "vocab_size", kind=PositiveInt),
+        Field("hidden_size", "hidden_size", kind=PositiveInt),
+        Field("intermediate_size", "intermediate_size", kind=PositiveInt),
+        Field("num_hidden_layers", "num_hidden_layers", kind=Count),
+        Field("num_attention_heads", "num_attention_heads", kind=PositiveInt),
+        Field("num_key_value_heads", "num_key_value_heads", kind=PositiveInt),
         # Independent of hidden/heads (7b: 16 * 256 != 3072); transformers must be told (L226-239).
-        Field("head_dim", "head_dim", default=DEFAULTS["head_dim"]),
-        Field("rms_norm_eps", "rms_norm_eps", default=DEFAULTS["rms_norm_eps"]),
-        Field("max_position_embeddings", "max_position_embeddings", default=DEFAULTS["max_position_embeddings"]),
+        Field("head_dim", "head_dim", default=DEFAULTS["head_dim"], kind=PositiveInt),
+        Field("rms_norm_eps", "rms_norm_eps", default=DEFAULTS["rms_norm_eps"], kind=PositiveFloat),
+        Field("max_position_embeddings", "max_position_embeddings", default=DEFAULTS["max_position_embeddings"],
+              kind=PositiveInt),
         # F.gelu(approximate="tanh") since 0a7afad (L206-212); --gelu exact for the Feb-2024 code (09eee7b L197).
         Field("hidden_activation", "hidden_act", default="gelu_tanh", to_target=lambda v, c: _ACT[v],
-              to_source=lambda v, c: {hf: ours for ours, hf in _ACT.items()}[v]),
+              to_source=lambda v, c: {hf: ours for ours, hf in _ACT.items()}[v], kind=OneOf(*_ACT)),
     ],
     fixed={
         "model_type": "gemma",
@@ -59,6 +62,12 @@ CONFIG = ConfigMap(
              "use_qk_norm", "vision_config"], _LATER),
     },
     name="config.json",
+    checks=[
+        Divides("num_key_value_heads", "num_attention_heads", why="each kv head serves a whole group of q heads "
+                "(L301-306)"),
+        Divides(2, "head_dim", why="rotary embeddings pair the two halves of each head (L91-101)"),
+        Valid("quant", Bool),  # selects the int8 key table
+    ],
 )
 
 _L = "model.layers.{layer}"  # upstream and transformers share the per-layer names

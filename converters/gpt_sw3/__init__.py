@@ -4,5 +4,8 @@ from converters.gpt_sw3.convert import convert, invert
 from converters.gpt_sw3.reference import forward
 from converters.gpt_sw3.source import CASES, OPTIONS, SIZES, UPSTREAM_OPTIONS, read, shapes, tiny, write
 
-__all__ = ["CASES", "OPTIONS", "SIZES", "UPSTREAM_OPTIONS", "convert", "forward", "invert", "read", "shapes", "tiny",
-           "write"]
+# What `convert`/`verify` fetch for a Hub id as SOURCE: one .nemo (config and tokenizer inside) or .ckpt.
+HUB_FILES = ["*.nemo", "*.ckpt"]
+
+__all__ = ["CASES", "HUB_FILES", "OPTIONS", "SIZES", "UPSTREAM_OPTIONS", "convert", "forward", "invert", "read",
+           "shapes", "tiny", "write"]

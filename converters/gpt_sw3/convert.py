@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from converters.gpt_sw3.source import shapes
+from harness.config_kinds import Bool, Count, Divides, NotAbove, Optional, PositiveFloat, PositiveInt, Valid
 from harness.config_map import ConfigMap, Field
 from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
 from harness.errors import ConversionError
@@ -61,24 +62,25 @@ IGNORED: dict[str, str] = {
 
 CONFIG = ConfigMap(
     [
-        Field("hidden_size", "n_embd"),
-        Field("num_layers", "n_layer"),
-        Field("num_attention_heads", "n_head"),
-        Field("ffn_hidden_size", "n_inner"),  # not always 4·h (fact 14)
-        Field("max_position_embeddings", "n_positions"),
-        Field("layernorm_epsilon", "layer_norm_epsilon", default=1e-5),  # megatron_gpt_config.yaml default
-        Field("vocab_size", "vocab_size"),  # the real vocabulary (fact 12), set by read()
+        Field("hidden_size", "n_embd", kind=PositiveInt),
+        Field("num_layers", "n_layer", kind=Count),
+        Field("num_attention_heads", "n_head", kind=PositiveInt),
+        Field("ffn_hidden_size", "n_inner", kind=PositiveInt),  # not always 4·h (fact 14)
+        Field("max_position_embeddings", "n_positions", kind=PositiveInt),
+        # megatron_gpt_config.yaml default
+        Field("layernorm_epsilon", "layer_norm_epsilon", default=1e-5, kind=PositiveFloat),
+        Field("vocab_size", "vocab_size", kind=PositiveInt),  # the real vocabulary (fact 12), set by read()
         # The embedding's padded row count leaves config.json as the real vocab; inverted, NeMo's default
         # padding to a multiple of 128 (make_vocab_size_divisible_by: 128) is assumed.
         Field("padded_vocab_size", "vocab_size", default=None, to_target=lambda v, c: c["vocab_size"],
-              to_source=lambda v, t: math.ceil(v / 128) * 128),
+              to_source=lambda v, t: math.ceil(v / 128) * 128, kind=Optional(PositiveInt)),
         # Three cfg switches pick one activation (fact 9); absent fusion means True (megatron_gpt_model.py L192).
         Field("bias_activation_fusion", "activation_function", default=True, to_target=_activation,
-              to_source=lambda v, t: v != "gelu"),
+              to_source=lambda v, t: v != "gelu", kind=Bool),
         Field("openai_gelu", "activation_function", default=False, to_target=_activation,
-              to_source=lambda v, t: False),
+              to_source=lambda v, t: False, kind=Bool),
         Field("onnx_safe", "activation_function", default=False, to_target=_activation,
-              to_source=lambda v, t: False),
+              to_source=lambda v, t: False, kind=Bool),
     ],
     fixed={
         "model_type": "gpt2",
@@ -92,6 +94,12 @@ CONFIG = ConfigMap(
     },
     ignored=IGNORED,
     name="NeMo cfg",
+    checks=[
+        Divides("num_attention_heads", "hidden_size", why="GPT-2 splits n_embd into n_head heads (fact 5)"),
+        NotAbove("vocab_size", "padded_vocab_size", why="the real vocabulary is cut from the padded embedding "
+                 "(fact 12)"),
+        Valid("kv_channels", Optional(PositiveInt)),  # checked against hidden_size in convert
+    ],
 )
 
 P, L, H = "model.language_model.", "model.language_model.encoder.layers.{layer}.", "transformer.h.{layer}."
@@ -135,8 +143,8 @@ KEYS = KeyMap(
 
 def convert(source: SourceCheckpoint) -> Converted:
     """Config and tensor stream for ``GPT2LMHeadModel``; cfg values GPT-2 cannot compute are refused first."""
+    completed = CONFIG.complete(source.config)  # every value of the right kind first
     _check_gpt2_can_compute(source.config)
-    completed = CONFIG.complete(source.config)
     expected = shapes({**source.config, "padded_vocab_size": _dims(completed)["padded_vocab_size"]})
     converted = convert_with(source, CONFIG, KEYS, expected)
     if completed["onnx_safe"] and not completed["openai_gelu"]:

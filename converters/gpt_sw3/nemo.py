@@ -10,14 +10,16 @@ import shutil
 import tarfile
 import tempfile
 import weakref
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from harness.errors import ConversionError
-from harness.tensor_store import TensorStore, load_pickle
+from harness.errors import ConversionError, brief
+from harness.sniff import container, describe_file, wide_text
+from harness.tensor_store import TensorStore, load_pickle, state_dict_problem
 
 __all__ = ["count_pieces", "load_nemo_pickle", "parse_yaml", "plain", "read_ckpt", "read_nemo", "sentencepiece_model",
            "state_store", "write_ckpt", "write_nemo"]
@@ -40,7 +42,8 @@ def load_nemo_pickle(path: Path) -> Any:
         from omegaconf.nodes import AnyNode
     except ImportError:
         raise ConversionError(f"{path} stores its cfg as an omegaconf DictConfig, and omegaconf is not installed; "
-                              "omegaconf is a dependency of convparity: pip install 'omegaconf>=2.2' and run again") from None
+                              "omegaconf is a dependency of convparity: pip install 'omegaconf>=2.2' and run again"
+                              ) from None
     allowed = [DictConfig, ContainerMetadata, typing.Any, dict, collections.defaultdict, AnyNode, Metadata,
                ListConfig, list, int]
     with torch.serialization.safe_globals(allowed):
@@ -49,33 +52,44 @@ def load_nemo_pickle(path: Path) -> Any:
 
 def read_nemo(path: Path) -> tuple[dict[str, Any], TensorStore, tuple[str, bytes] | None]:
     """The cfg, the lazy state dict and (name, bytes) of the tokenizer model of a ``.nemo`` archive."""
+    if container(path) not in ("tar", "gzip"):  # NeMo < 1.7 gzipped its archives
+        raise ConversionError(f"{path} is not a .nemo archive: expected a tar of model_config.yaml and "
+                              f"model_weights.ckpt, found {describe_file(path)}")
+    # torch.load memory-maps only real files: unpack the weights next to nothing else, removed with the store.
+    folder = Path(tempfile.mkdtemp(prefix="convparity-nemo-"))
     try:
-        tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by the `with tar` below; NeMo < 1.7 gzipped
-    except tarfile.TarError as err:
-        raise ConversionError(f"{path} is not a .nemo archive: expected a tar file ({str(err).splitlines()[0]})"
-                              ) from None
-    with tar:
-        files = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
-        if "model_weights.ckpt" not in files and any(n.endswith("/model_weights.ckpt") for n in files):
-            raise ConversionError(f"{path} holds tensor-parallel shards (mp_rank_*/model_weights.ckpt); merge them "
-                                  "to one rank first (NeMo megatron_change_num_partitions.py)")
-        missing = [n for n in ("model_config.yaml", "model_weights.ckpt") if n not in files]
-        if missing:
-            raise ConversionError(f"{path} has no {' or '.join(missing)}; found {sorted(files)[:6]}")
-        cfg = parse_yaml(tar.extractfile(files["model_config.yaml"]).read(), path)
-        name = str((cfg.get("tokenizer") or {}).get("model") or "").removeprefix("nemo:")
-        tokenizer = (name, tar.extractfile(files[name]).read()) if name in files else None
-        # torch.load memory-maps only real files: unpack the weights next to nothing else, removed with the store.
-        folder = tempfile.mkdtemp(prefix="convparity-nemo-")
-        with tar.extractfile(files["model_weights.ckpt"]) as src, open(f"{folder}/model_weights.ckpt", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    try:
-        store = state_store(load_nemo_pickle(Path(folder) / "model_weights.ckpt"), path)
+        cfg, tokenizer = _unpack(path, folder)
+        store = state_store(load_nemo_pickle(folder / "model_weights.ckpt"), path)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     weakref.finalize(store, shutil.rmtree, folder, ignore_errors=True)
     return cfg, store, tokenizer
+
+
+def _unpack(path: Path, folder: Path) -> tuple[dict[str, Any], tuple[str, bytes] | None]:
+    """The cfg and tokenizer of a ``.nemo``; its weights are copied to ``folder/model_weights.ckpt``."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            files = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
+            if "model_weights.ckpt" not in files and any(n.endswith("/model_weights.ckpt") for n in files):
+                raise ConversionError(f"{path} holds tensor-parallel shards (mp_rank_*/model_weights.ckpt); merge "
+                                      "them to one rank first (NeMo megatron_change_num_partitions.py)")
+            missing = [n for n in ("model_config.yaml", "model_weights.ckpt") if n not in files]
+            if missing:
+                raise ConversionError(f"{path} has no {' or '.join(missing)}; found {sorted(files)[:6]}")
+            cfg = parse_yaml(tar.extractfile(files["model_config.yaml"]).read(), path)
+            tok = cfg.get("tokenizer")
+            name = str((tok.get("model") if isinstance(tok, dict) else None) or "").removeprefix("nemo:")
+            tokenizer = (name, tar.extractfile(files[name]).read()) if name in files else None
+            with tar.extractfile(files["model_weights.ckpt"]) as src, open(folder / "model_weights.ckpt", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise ConversionError(f"cannot read {path} as a .nemo archive: it is {describe_file(path)}, but "
+                              f"{brief(err)}; is it truncated or corrupt?") from None
+    except OSError as err:
+        raise ConversionError(f"cannot read {path} as a .nemo archive: {brief(err)}") from None
+    return cfg, tokenizer
 
 
 def read_ckpt(path: Path) -> tuple[dict[str, Any], TensorStore]:
@@ -91,14 +105,18 @@ def read_ckpt(path: Path) -> tuple[dict[str, Any], TensorStore]:
 
 def state_store(state: Any, path: Path) -> TensorStore:
     """A NeMo state dict as a TensorStore; non-tensor ``_extra_state`` entries hold no weights and are left out."""
-    if not isinstance(state, dict):
-        raise ConversionError(f"{path}: the state dict is a {type(state).__name__}, expected a dict of tensors")
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ConversionError(f"{path}: the state dict is not a dict of tensors by name; "
+                              f"{state_dict_problem(state) or 'found ' + type(state).__name__}")
     # megatron_amp_O2 wraps the model in Float16Module: model.module.language_model.* (megatron_gpt_model.py L111)
     state = {k.replace("model.module.", "model.", 1): v for k, v in state.items()
              if not (k.endswith("._extra_state") and not isinstance(v, torch.Tensor))}  # None/bytes: no weights
     bad = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
     if bad:
         raise ConversionError(f"{path}: state dict entries {bad[:5]} are not tensors; expected only tensors")
+    problem = state_dict_problem(state)
+    if problem is not None:
+        raise ConversionError(f"{path}: the state dict is not a dict of tensors by name; {problem}")
     return TensorStore.from_dict(state, origin=str(path))
 
 
@@ -180,19 +198,33 @@ def plain(cfg: Any) -> dict[str, Any]:
     if type(cfg).__module__.startswith("omegaconf"):
         from omegaconf import OmegaConf
 
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+        try:
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as err:  # omegaconf's own errors: an interpolation that does not resolve, ...
+            raise ConversionError(f"the NeMo cfg cannot be resolved to plain values: {brief(err)}") from None
     if not isinstance(cfg, dict):
         raise ConversionError(f"the NeMo cfg is a {type(cfg).__name__}, expected a mapping of model fields")
     return cfg
 
 
 def parse_yaml(text: bytes, where: Path) -> dict[str, Any]:
+    wide, decoded = wide_text(text), None
     try:
-        cfg = yaml.safe_load(text)
-    except yaml.YAMLError as err:
+        decoded = text.decode("utf-8") if wide is None else None  # as OmegaConf.load reads it
+    except UnicodeDecodeError as err:
+        wide = f"byte {text[err.start]:#04x} at offset {err.start}"
+    if decoded is None:
+        raise ConversionError(f"{where}: model config is not UTF-8 text: expected YAML in UTF-8, found {wide}; "
+                              f"save it as UTF-8")
+    try:
+        cfg = yaml.safe_load(decoded)
+    except (yaml.YAMLError, RecursionError) as err:
         raise ConversionError(f"{where}: model config is not valid YAML: {str(err).splitlines()[0]}") from None
     if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) and "hidden_size" not in cfg:
         cfg = cfg["model"]  # a whole training config: the model is its `model:` section
+    if not isinstance(cfg, dict):
+        raise ConversionError(f"{where}: model config holds a {type(cfg).__name__}, expected a mapping of model "
+                              f"fields")
     return plain(cfg)
 
 

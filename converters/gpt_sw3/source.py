@@ -20,6 +20,7 @@ from converters.gpt_sw3.nemo import count_pieces, parse_yaml, read_ckpt, read_ne
 from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
 from harness.registry import Case
+from harness.source_files import read_bytes
 from harness.tensor_store import TensorStore
 from harness.tiny import random_weights
 
@@ -118,8 +119,13 @@ def read(path: Path, config: Path | None = None, vocab_size: int | None = None) 
         cfg, tensors, tokenizer = (*read_ckpt(path), None)
     if config is not None:
         cfg = _read_config_file(config)
-    rows = tensors.meta(PREFIX + "embedding.word_embeddings.weight")[0][0] \
-        if PREFIX + "embedding.word_embeddings.weight" in tensors else padded_vocab(cfg)
+    words = PREFIX + "embedding.word_embeddings.weight"
+    shape = tensors.meta(words)[0] if words in tensors else None
+    if shape is None or len(shape) != 2:
+        found = "no" if shape is None else f"a {shape}-shaped"
+        raise ConversionError(f"{path} has {found} {words}; expected NeMo's 2-D word embedding [padded "
+                              "vocabulary, hidden_size], from which the vocabulary size is read")
+    rows = shape[0]
     real, notes = _vocab_size(vocab_size, tokenizer, rows, path)
     return SourceCheckpoint({**cfg, "vocab_size": real, "padded_vocab_size": rows}, tensors, path=path, notes=notes)
 
@@ -165,6 +171,6 @@ def _vocab_size(given: int | None, tokenizer: tuple[str, bytes] | None, rows: in
 
 
 def _read_config_file(config: Path) -> dict[str, Any]:
-    if not config.is_file():
+    if not config.exists():
         raise ConversionError(f"config file {config} does not exist; pass a NeMo model_config.yaml")
-    return parse_yaml(config.read_bytes(), config)
+    return parse_yaml(read_bytes(config, "NeMo model_config.yaml"), config)

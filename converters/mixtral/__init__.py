@@ -4,4 +4,8 @@ from converters.mixtral.convert import convert, invert
 from converters.mixtral.reference import forward
 from converters.mixtral.source import CASES, SIZES, read, shapes, tiny, write
 
-__all__ = ["CASES", "SIZES", "convert", "forward", "invert", "read", "shapes", "tiny", "write"]
+# What `convert`/`verify` fetch for a Hub id as SOURCE: params.json +
+# consolidated.safetensors / .00.pth / .NN.pt (source.read).
+HUB_FILES = ["params.json", "consolidated.*"]
+
+__all__ = ["CASES", "HUB_FILES", "SIZES", "convert", "forward", "invert", "read", "shapes", "tiny", "write"]

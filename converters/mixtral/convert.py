@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from converters.mixtral.source import shapes
+from harness.config_kinds import Count, Divides, NonNegativeFloat, NotAbove, Optional, PositiveFloat, PositiveInt
 from harness.config_map import ConfigMap, Field
 from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
 from harness.keymap import KeyMap
@@ -19,18 +20,20 @@ __all__ = ["CONFIG", "KEYS", "convert", "invert"]
 
 CONFIG = ConfigMap(
     [
-        Field("dim", "hidden_size"),
-        Field("n_layers", "num_hidden_layers"),
-        Field("head_dim", "head_dim"),  # independent of dim (L94-97); transformers' default dim/heads is wrong
-        Field("hidden_dim", "intermediate_size"),
-        Field("n_heads", "num_attention_heads"),
-        Field("n_kv_heads", "num_key_value_heads"),
-        Field("norm_eps", "rms_norm_eps"),
-        Field("vocab_size", "vocab_size"),
-        Field("moe.num_experts", "num_local_experts"),
-        Field("moe.num_experts_per_tok", "num_experts_per_tok"),
-        # L312 `self.args.rope_theta or 1000000.0`: absent or null means 1e6 (the 8x7B params.json has none).
-        Field("rope_theta", "rope_theta", default=1e6, to_target=lambda v, c: float(v or 1e6)),
+        Field("dim", "hidden_size", kind=PositiveInt),
+        Field("n_layers", "num_hidden_layers", kind=Count),
+        # independent of dim (L94-97); transformers' default dim/heads is wrong
+        Field("head_dim", "head_dim", kind=PositiveInt),
+        Field("hidden_dim", "intermediate_size", kind=PositiveInt),
+        Field("n_heads", "num_attention_heads", kind=PositiveInt),
+        Field("n_kv_heads", "num_key_value_heads", kind=PositiveInt),
+        Field("norm_eps", "rms_norm_eps", kind=PositiveFloat),
+        Field("vocab_size", "vocab_size", kind=PositiveInt),
+        Field("moe.num_experts", "num_local_experts", kind=Count),
+        Field("moe.num_experts_per_tok", "num_experts_per_tok", kind=PositiveInt),
+        # L312 `self.args.rope_theta or 1000000.0`: absent, null or 0 means 1e6 (the 8x7B params.json has none).
+        Field("rope_theta", "rope_theta", default=1e6, to_target=lambda v, c: float(v or 1e6),
+              kind=Optional(NonNegativeFloat)),
     ],
     fixed={
         "model_type": "mixtral",
@@ -43,6 +46,11 @@ CONFIG = ConfigMap(
     },
     ignored={"sliding_window": "the one-file reference implements no sliding window (Mixtral uses none)"},
     name="params.json",
+    checks=[
+        Divides("n_kv_heads", "n_heads", why="each kv head serves a whole group of q heads"),
+        Divides(2, "head_dim", why="rotary embeddings turn interleaved pairs of dimensions (L69-79)"),
+        NotAbove("moe.num_experts_per_tok", "moe.num_experts", why="the router picks its top-k of the experts"),
+    ],
 )
 
 _COMMON = [

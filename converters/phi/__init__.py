@@ -4,4 +4,8 @@ from converters.phi.convert import convert, invert
 from converters.phi.reference import forward
 from converters.phi.source import CASES, SIZES, read, shapes, tiny, write
 
-__all__ = ["CASES", "SIZES", "convert", "forward", "invert", "read", "shapes", "tiny", "write"]
+# What `convert`/`verify` fetch for a Hub id as SOURCE: config.json +
+# pytorch_model.bin / model.safetensors / shards + index (source.read).
+HUB_FILES = ["config.json", "*.bin", "*.safetensors", "*.index.json"]
+
+__all__ = ["CASES", "HUB_FILES", "SIZES", "convert", "forward", "invert", "read", "shapes", "tiny", "write"]

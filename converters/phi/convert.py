@@ -15,6 +15,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from converters.phi.source import DEFAULTS, shapes, sizes
+from harness.config_kinds import (
+    Bool,
+    Count,
+    Divides,
+    NonNegativeFloat,
+    Optional,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    String,
+)
 from harness.config_map import ConfigMap, Field
 from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
 from harness.errors import ConversionError
@@ -59,31 +70,35 @@ def _untied(value: bool, c: Mapping[str, Any]) -> bool:
 
 CONFIG = ConfigMap(
     [
-        Field("model_type", "model_type", default="phi-msft", to_target=_model_type, to_source=lambda v, t: "phi-msft"),
-        Field("n_embd", "hidden_size"),
-        Field("n_layer", "num_hidden_layers"),
-        Field("n_head", "num_attention_heads"),
+        Field("model_type", "model_type", default="phi-msft", to_target=_model_type, to_source=lambda v, t: "phi-msft",
+              kind=String),
+        Field("n_embd", "hidden_size", kind=PositiveInt),
+        Field("n_layer", "num_hidden_layers", kind=Count),
+        Field("n_head", "num_attention_heads", kind=PositiveInt),
         Field("n_head_kv", "num_key_value_heads", default=DEFAULTS["n_head_kv"],
-              to_target=lambda v, c: sizes(c)["n_head_kv"]),
-        Field("n_inner", "intermediate_size", default=DEFAULTS["n_inner"], to_target=lambda v, c: sizes(c)["n_inner"]),
-        Field("n_positions", "max_position_embeddings", default=DEFAULTS["n_positions"]),
-        Field("rotary_dim", "rope_parameters", default=DEFAULTS["rotary_dim"], to_target=_rope, to_source=_rotary_dim),
+              to_target=lambda v, c: sizes(c)["n_head_kv"], kind=Optional(PositiveInt)),
+        Field("n_inner", "intermediate_size", default=DEFAULTS["n_inner"], to_target=lambda v, c: sizes(c)["n_inner"],
+              kind=Optional(PositiveInt)),
+        Field("n_positions", "max_position_embeddings", default=DEFAULTS["n_positions"], kind=PositiveInt),
+        Field("rotary_dim", "rope_parameters", default=DEFAULTS["rotary_dim"], to_target=_rope, to_source=_rotary_dim,
+              kind=PositiveInt),
         # transformers 4.x reads the factor at the top level and ignores rope_parameters: write it there too.
         Field("rotary_dim", "partial_rotary_factor", default=DEFAULTS["rotary_dim"],
               to_target=lambda v, c: _rope(v, c)["partial_rotary_factor"],
-              to_source=lambda v, t: _rotary_dim({"partial_rotary_factor": v}, t)),
-        Field("activation_function", "hidden_act", default=DEFAULTS["activation_function"]),  # ACT2FN (msft:317)
-        Field("layer_norm_epsilon", "layer_norm_eps", default=DEFAULTS["layer_norm_epsilon"]),
+              to_source=lambda v, t: _rotary_dim({"partial_rotary_factor": v}, t), kind=PositiveInt),
+        Field("activation_function", "hidden_act", default=DEFAULTS["activation_function"],  # ACT2FN (msft:317)
+              kind=String),
+        Field("layer_norm_epsilon", "layer_norm_eps", default=DEFAULTS["layer_norm_epsilon"], kind=PositiveFloat),
         # The embedding has the padded row count (cfg:44) and so do the logits: vocab_size = rows, never cut.
         # pad_vocab_size_multiple folds into the same target; inverted, the rows are the vocabulary (multiple 1).
-        Field("vocab_size", "vocab_size", to_target=lambda v, c: sizes(c)["vocab_rows"]),
+        Field("vocab_size", "vocab_size", to_target=lambda v, c: sizes(c)["vocab_rows"], kind=PositiveInt),
         Field("pad_vocab_size_multiple", "vocab_size", default=DEFAULTS["pad_vocab_size_multiple"],
-              to_target=lambda v, c: sizes(c)["vocab_rows"], to_source=lambda v, t: 1),
-        Field("resid_pdrop", "resid_pdrop", default=DEFAULTS["resid_pdrop"]),
-        Field("embd_pdrop", "embd_pdrop", default=DEFAULTS["embd_pdrop"]),
-        Field("attn_pdrop", "attention_dropout", default=DEFAULTS["attn_pdrop"]),
-        Field("initializer_range", "initializer_range", default=DEFAULTS["initializer_range"]),
-        Field("tie_word_embeddings", "tie_word_embeddings", default=False, to_target=_untied),
+              to_target=lambda v, c: sizes(c)["vocab_rows"], to_source=lambda v, t: 1, kind=PositiveInt),
+        Field("resid_pdrop", "resid_pdrop", default=DEFAULTS["resid_pdrop"], kind=Probability),
+        Field("embd_pdrop", "embd_pdrop", default=DEFAULTS["embd_pdrop"], kind=Probability),
+        Field("attn_pdrop", "attention_dropout", default=DEFAULTS["attn_pdrop"], kind=Probability),
+        Field("initializer_range", "initializer_range", default=DEFAULTS["initializer_range"], kind=NonNegativeFloat),
+        Field("tie_word_embeddings", "tie_word_embeddings", default=False, to_target=_untied, kind=Bool),
     ],
     fixed={
         "architectures": ["PhiForCausalLM"],
@@ -106,6 +121,11 @@ CONFIG = ConfigMap(
         "img_processor": "phi-2's unused multimodal hook; null in every release",
     },
     name="config.json",
+    checks=[
+        Divides("n_head", "n_embd", why="out_proj is Linear(n_embd, n_embd) over n_head heads (msft:563)"),
+        Divides("n_head_kv", "n_head", why="each kv head serves a whole group of q heads"),
+        Divides(2, "rotary_dim", why="rotary embeddings rotate dimensions in pairs"),
+    ],
 )
 
 _BLOCK = {  # source block suffix -> transformers decoder-layer suffix (msft:753, 562-563, 315-316)

@@ -162,7 +162,7 @@ def write(checkpoint: SourceCheckpoint, path: Path, container: str = "bin", shar
 
 def _weight_files(folder: Path) -> list[Path]:
     found = {name: folder / name for name in ("pytorch_model.bin", "model.safetensors", INDEX)
-             if (folder / name).is_file()}
+             if (folder / name).exists()}  # a directory by that name is reported as such when it is opened
     if len(found) > 1:
         raise ConversionError(f"{folder} holds several weight containers ({', '.join(found)}); keep one")
     if not found:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from converters.rwkv.source import CTX_LEN, shapes
+from harness.config_kinds import Count, NonNegativeInt, PositiveInt
 from harness.config_map import ConfigMap, Field
 from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
 from harness.keymap import KeyMap
@@ -34,13 +35,16 @@ __all__ = ["CONFIG", "KEYS", "ONE_LAYER_NOTE", "convert", "invert"]
 
 CONFIG = ConfigMap(
     [
-        Field("n_embd", "hidden_size"),  # emb.weight.shape[1] (pkg L658)
-        Field("n_layer", "num_hidden_layers"),  # 1 + the largest block index (pkg L664-665)
-        Field("dim_att", "attention_hidden_size"),  # att.key.weight.shape[0] (pkg L659)
-        Field("dim_ffn", "intermediate_size"),  # ffn.key.weight.shape[0]; HF would default to 4 * hidden
-        Field("vocab_size", "vocab_size"),  # emb.weight.shape[0]; RWKV-4 pads no vocabulary
-        Field("ctx_len", "context_length", default=CTX_LEN),  # sizes HF's CUDA kernel only (HF L221-224)
-        Field("rescale_every", "rescale_every", default=0),  # read() chooses it: see the module docstring
+        Field("n_embd", "hidden_size", kind=PositiveInt),  # emb.weight.shape[1] (pkg L658)
+        Field("n_layer", "num_hidden_layers", kind=Count),  # 1 + the largest block index (pkg L664-665)
+        Field("dim_att", "attention_hidden_size", kind=PositiveInt),  # att.key.weight.shape[0] (pkg L659)
+        # ffn.key.weight.shape[0]; HF would default to 4 * hidden
+        Field("dim_ffn", "intermediate_size", kind=PositiveInt),
+        Field("vocab_size", "vocab_size", kind=PositiveInt),  # emb.weight.shape[0]; RWKV-4 pads no vocabulary
+        # --ctx-len; sizes HF's CUDA kernel only (HF L221-224)
+        Field("ctx_len", "context_length", default=CTX_LEN, kind=PositiveInt),
+        # --rescale-every or read()'s choice: see the module docstring; 0 = never
+        Field("rescale_every", "rescale_every", default=0, kind=NonNegativeInt),
     ],
     fixed={
         "model_type": "rwkv",

@@ -16,7 +16,7 @@ import torch
 from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
 from harness.registry import Case
-from harness.tensor_store import TensorStore, load_pickle
+from harness.tensor_store import TensorStore, load_pickle, state_dict_problem
 from harness.tiny import random_normal, random_weights
 
 __all__ = ["CASES", "OPTIONS", "RESCALE_EVERY", "SIZES", "detect_version", "read", "shapes", "tiny", "write"]
@@ -94,8 +94,9 @@ def read(path: Path, config: Path | None = None, rescale_every: int | None = Non
                               f"drop --config {config}")
     file = _pth_file(path)
     obj = load_pickle(file)
-    if not isinstance(obj, dict) or not obj:
-        raise ConversionError(f"{file} is not a state dict (found {type(obj).__name__}); expected BlinkDL's "
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
+        found = "keys that are not strings" if obj and isinstance(obj, dict) else type(obj).__name__
+        raise ConversionError(f"{file} is not a state dict (found {found}); expected BlinkDL's "
                               f"RWKV-4 .pth, a dict of tensors such as emb.weight, blocks.0.att.key.weight")
     version = detect_version(obj)
     if version != "4":
@@ -104,6 +105,9 @@ def read(path: Path, config: Path | None = None, rescale_every: int | None = Non
     not_tensors = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise ConversionError(f"{file} holds non-tensor entries {not_tensors[:5]}; expected a flat state dict")
+    problem = state_dict_problem(obj)
+    if problem is not None:
+        raise ConversionError(f"{file} is not a flat state dict of tensors: {problem}")
     tensors = TensorStore.from_dict(obj, origin=str(file))
     sizes = _sizes_from_shapes(tensors, file)
     rescale = _rescale_every(rescale_every, tensors.meta("emb.weight")[1])
@@ -139,7 +143,8 @@ def detect_version(state: dict[str, Any]) -> str:
     found = {
         "7": [k for k in keys if k.endswith(("att.r_k", "att.w0", "att.x_r"))],  # pkg RWKV_x070 keys
         "6": [k for k in keys if "time_maa" in k],
-        "5.2": [k for k in keys if k.endswith("att.time_decay") and state[k].dim() > 1 and state[k].shape[1] > 1],
+        "5.2": [k for k in keys if k.endswith("att.time_decay") and isinstance(state[k], torch.Tensor)
+                and state[k].dim() > 1 and state[k].shape[1] > 1],
         "5.1": [k for k in keys if "gate.weight" in k],
         "5": [k for k in keys if "ln_x" in k or "time_faaaa" in k],
     }
@@ -201,6 +206,10 @@ def _sizes_from_shapes(tensors: TensorStore, file: Path) -> dict[str, int]:
     if missing:
         raise ConversionError(f"{file} has no 2-D {', '.join(missing)}; expected BlinkDL's RWKV-4 state dict "
                               f"(keys emb.weight, blocks.N.att.*, blocks.N.ffn.*, ln_out.*, head.weight)")
-    blocks = [m for k in tensors if (m := re.match(r"blocks\.(\d+)\.", k))]
+    blocks = {int(m.group(1)) for k in tensors if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if len(blocks) != max(blocks) + 1:  # the layer count is the largest block number + 1: a gap is a missing block
+        gap = min(set(range(len(blocks) + 1)) - blocks)
+        raise ConversionError(f"{file} has blocks numbered up to {max(blocks)} but no blocks.{gap}.* "
+                              f"({max(blocks) + 1 - len(blocks)} missing); expected blocks.0 to blocks.{max(blocks)}")
     (V, C), A, F = tensors.meta("emb.weight")[0], tensors.meta(needed[1])[0][0], tensors.meta(needed[2])[0][0]
-    return dict(n_layer=1 + max(int(m.group(1)) for m in blocks), n_embd=C, dim_att=A, dim_ffn=F, vocab_size=V)
+    return dict(n_layer=1 + max(blocks), n_embd=C, dim_att=A, dim_ffn=F, vocab_size=V)

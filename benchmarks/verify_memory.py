@@ -1,0 +1,189 @@
+"""``convparity verify`` on Mixtral-8x7B-shaped checkpoints of 1, 2 and 4 layers: time and peak memory.
+
+Run on purpose (it writes up to 2 x 12 GB to disk, one size at a time, and deletes them); prints a table,
+asserts nothing:
+
+    python benchmarks/verify_memory.py --layers 1,2,4 --workdir /tmp/convparity-verify-bench
+
+Per size: a random bf16 source in Mistral's layout (per-expert keys, 8 ``consolidated.NN.pt`` files) is written
+and converted with ``convparity convert``; then, in the same run, the floors of the work verify must do at
+least once: reading both directories' bytes, casting every weight to float32 once per side (the upcast), and
+the float32 matmuls of both forward passes. Last ``convparity verify`` runs in a child process whose memory
+is sampled every 20 ms: peak RSS includes file-backed pages of memory-mapped files, peak anon is what the
+process allocated. Verify does more than the floors on purpose: the float64 noise run reads and upcasts the
+source a second time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# mistralai/Mixtral-8x7B-v0.1 params.json, with n_layers set per run.
+SHAPE = dict(dim=4096, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8, norm_eps=1e-5, vocab_size=32000,
+             rope_theta=1e6, moe=dict(num_experts=8, num_experts_per_tok=2))
+TOKENS = (2, 32)  # verify's default inputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", default="1,2,4", help="comma-separated layer counts (default: %(default)s)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/convparity-verify-bench"))
+    args = parser.parse_args()
+    rows = []
+    for n in (int(x) for x in args.layers.split(",")):
+        shutil.rmtree(args.workdir, ignore_errors=True)
+        args.workdir.mkdir(parents=True)
+        try:
+            rows.append(_measure(n, args.workdir))
+        finally:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+        _print(rows)
+
+
+def _measure(n_layers: int, workdir: Path) -> dict[str, float]:
+    from converters.mixtral.source import shapes
+
+    config = {**SHAPE, "n_layers": n_layers}
+    source, converted = workdir / "source", workdir / "hf"
+    print(f"\n{n_layers} layer(s): writing the source", flush=True)
+    _write_source(config, source)
+    print(f"{n_layers} layer(s): converting", flush=True)
+    subprocess.run([sys.executable, "-m", "harness.cli", "convert", "mixtral", str(source), str(converted),
+                    "--quiet"], check=True, cwd=ROOT)
+    numel = sum(torch.Size(s).numel() for s in shapes(config).values())
+    layer = sum(torch.Size(s).numel() for k, s in shapes(config).items() if k.startswith("layers.0."))
+    row = {"layers": n_layers, "bf16 GB": _bytes(source) / 1e9, "fp32 GiB": numel * 4 / 2**30,
+           "fp32 layer GiB": layer * 4 / 2**30}
+    print(f"{n_layers} layer(s): floors", flush=True)
+    row["read s"] = _read_floor([source, converted])
+    row["upcast s"] = 2 * _upcast_floor(numel)
+    row["matmul s"] = 2 * _matmul_floor(n_layers)
+    print(f"{n_layers} layer(s): convparity verify", flush=True)
+    report = workdir / "verify.json"
+    cmd = [sys.executable, "-m", "harness.cli", "verify", "mixtral", str(source), str(converted), "--json",
+           str(report)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    peaks = _sample_memory(proc)
+    output = proc.stdout.read() if proc.stdout else ""
+    row["verify s"] = time.perf_counter() - start
+    print(output, flush=True)
+    result = json.loads(report.read_text())
+    row |= {"peak RSS GiB": peaks["VmRSS"] / 2**20, "peak anon GiB": peaks["RssAnon"] / 2**20,
+            "logits rel": result["logits"]["rel"], "bound": result["logits"]["bound"],
+            "passed": float(result["passed"])}
+    return row
+
+
+def _write_source(config: dict, folder: Path) -> None:
+    """Random bf16 weights of realistic spread, made one shard at a time by ``write``."""
+    from converters.mixtral.source import shapes, write
+    from harness.conversion import SourceCheckpoint
+    from harness.tensor_store import TensorStore
+
+    def make(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        t = torch.empty(shape, dtype=torch.bfloat16)
+        if name.endswith("norm.weight"):
+            return t.normal_(1.0, 0.1)
+        if name == "tok_embeddings.weight":
+            return t.normal_(0.0, 1.0)
+        gain = 1.5 if ".wq." in name or ".wk." in name else 3.0 if "gate" in name else 2.0 if "output" in name else 1
+        return t.normal_(0.0, gain / shape[-1] ** 0.5)
+
+    torch.manual_seed(0)
+    specs = shapes(config)
+    store = TensorStore({k: (lambda k=k, s=s: make(k, s)) for k, s in specs.items()},
+                        {k: (s, torch.bfloat16) for k, s in specs.items()})
+    write(SourceCheckpoint(config, store, "experts"), folder, container="pt-shards")
+
+
+def _bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _read_floor(folders: list[Path]) -> float:
+    """Seconds to read every byte of ``folders`` once (64 MiB reads into one buffer)."""
+    buf = bytearray(64 << 20)
+    start = time.perf_counter()
+    for path in (f for folder in folders for f in sorted(folder.rglob("*")) if f.is_file()):
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+    return time.perf_counter() - start
+
+
+def _upcast_floor(numel: int) -> float:
+    """Seconds to cast ``numel`` bf16 weights to float32, timed on one expert matrix and scaled."""
+    w = torch.empty(SHAPE["hidden_dim"], SHAPE["dim"], dtype=torch.bfloat16).normal_()
+    start = time.perf_counter()
+    for _ in range(4):
+        w.float()
+    return (time.perf_counter() - start) / (4 * w.numel()) * numel
+
+
+def _matmul_floor(n_layers: int) -> float:
+    """Seconds of one float32 forward's matmuls on verify's tokens: attention, routed experts, head."""
+    D, I, hd, E, k = SHAPE["dim"], SHAPE["hidden_dim"], SHAPE["head_dim"], 8, 2  # noqa: E741
+    x = torch.randn(TOKENS[0] * TOKENS[1], D)
+    per_expert = x[: x.shape[0] * k // E]  # top-2 of 8 experts: a quarter of the tokens each, on average
+    q, kv, o = torch.randn(SHAPE["n_heads"] * hd, D), torch.randn(SHAPE["n_kv_heads"] * hd, D), torch.randn(D, D)
+    w1, w3, w2, gate = torch.randn(I, D), torch.randn(I, D), torch.randn(D, I), torch.randn(E, D)
+    head = torch.randn(SHAPE["vocab_size"], D)
+    start = time.perf_counter()
+    for _ in range(n_layers):
+        x @ q.t(), x @ kv.t(), x @ kv.t(), x @ o.t(), x @ gate.t()
+        for _ in range(E):
+            ((per_expert @ w1.t()) * (per_expert @ w3.t())) @ w2.t()
+    x @ head.t()
+    return time.perf_counter() - start
+
+
+def _sample_memory(proc: subprocess.Popen) -> dict[str, int]:
+    peaks = {"VmRSS": 0, "RssAnon": 0}
+
+    def sample() -> None:
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key in peaks:
+                        peaks[key] = max(peaks[key], int(value.split()[0]))  # kB
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    thread.join()
+    return peaks
+
+
+def _print(rows: list[dict[str, float]]) -> None:
+    cols = ["layers", "bf16 GB", "fp32 GiB", "fp32 layer GiB", "verify s", "peak RSS GiB", "peak anon GiB",
+            "read s", "upcast s", "matmul s", "logits rel", "bound"]
+    print("\n" + " | ".join(cols) + " | floors s | verify / floors | RSS / fp32 layer")
+    for r in rows:
+        floors = r["read s"] + r["upcast s"] + r["matmul s"]
+        cells = [f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+        print(" | ".join(cells) + f" | {floors:.1f} | {r['verify s'] / floors:.2f} | "
+              f"{r['peak RSS GiB'] / r['fp32 layer GiB']:.2f}" + ("" if r["passed"] else " | FAIL"))
+    if len(rows) > 1:
+        peaks = [r["peak RSS GiB"] for r in rows]
+        print(f"peak RSS spread: {max(peaks) / min(peaks) - 1:.1%} (largest over smallest)")
+
+
+if __name__ == "__main__":
+    main()

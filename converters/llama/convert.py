@@ -1,0 +1,162 @@
+"""Llama: Meta's ``params.json`` + ``consolidated.NN.pth`` rank files -> transformers ``LlamaForCausalLM``.
+
+Mirrors meta-llama/llama @ 689c7f26 ``llama/model.py`` (``L2``, Llama 1 and 2) and meta-llama/llama-models @
+a9c89c47 ``models/llama3/model.py`` (``L3``, Llama 3 and 3.1; ``L3args`` = ``models/llama3/args.py``); "fact N"
+is golden/upstream/llama/README.md. Rank slices are merged by rule as fairscale split them (fact 12), q and k are
+permuted after the merge, per head of the whole model (fact 8). The config is read by transformers 4.57
+(``rope_theta``, ``rope_scaling``) and 5.x (``rope_parameters``; ``rope_scaling`` takes precedence there and
+says the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+from converters.llama.ranks import model_parallel_size
+from converters.llama.source import TOKENIZER, ffn_hidden_dim, generation, shapes, sizes
+from converters.llama.tokenizer import EXTRA, available, convert_tokenizer
+from harness.config_kinds import AnyOf, Bool, Count, OneOf, Optional, PositiveFloat, PositiveInt
+from harness.config_map import ConfigMap, Field
+from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.keymap import KeyMap
+from harness.rules import Drop, MergeRanks, MergeRotary, Replicated
+
+__all__ = ["CONFIG", "KEYS", "LLAMA31_ROPE", "convert", "invert"]
+
+# apply_scaling's constants (L3 45-62): hard-coded upstream, not in params.json; transformers' "llama3" rope.
+LLAMA31_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+
+
+def _ffn(value: Any, c: Mapping[str, Any]) -> int:
+    return ffn_hidden_dim(c["dim"], c["multiple_of"], c["ffn_dim_multiplier"])  # fact 4
+
+
+def _multiplier(size: int, t: Mapping[str, Any]) -> float | None:
+    """Inverted with multiple_of = intermediate_size: any multiplier that lands in (0, size] rounds up to size."""
+    base = int(2 * (4 * t["hidden_size"]) / 3)
+    return None if base <= size else size / base
+
+
+def _rope_parameters(theta: float, c: Mapping[str, Any]) -> dict[str, Any]:
+    scaled = LLAMA31_ROPE if c["use_scaled_rope"] else {}
+    return {"rope_type": "llama3" if scaled else "default", "rope_theta": float(theta), **scaled}
+
+
+def _context(scaled: bool, c: Mapping[str, Any]) -> int:
+    """Upstream's context is a runtime argument (max_seq_len, L2gen 111-115); write each release's own."""
+    return 131072 if scaled else 8192 if generation(c) == "llama3" else 4096
+
+
+CONFIG = ConfigMap(
+    [
+        Field("dim", "hidden_size", kind=PositiveInt),
+        Field("n_layers", "num_hidden_layers", kind=Count),
+        Field("n_heads", "num_attention_heads", kind=PositiveInt),
+        # head_dim = dim // n_heads (L2 205, L3 116); there is no field for it upstream.
+        Field("n_heads", "head_dim", to_target=lambda v, c: c["dim"] // v,
+              to_source=lambda v, t: t["num_attention_heads"]),
+        # Absent or null: as many kv heads as q heads (L2 200, L3args 74-75).
+        Field("n_kv_heads", "num_key_value_heads", default=None, to_target=lambda v, c: v or c["n_heads"],
+              kind=Optional(PositiveInt)),
+        # -1 in Llama 1/2 files: convert() takes the rows of output.weight
+        Field("vocab_size", "vocab_size", kind=AnyOf(PositiveInt, OneOf(-1))),
+        # FFN size from multiple_of and ffn_dim_multiplier (fact 4); both fold into intermediate_size.
+        Field("multiple_of", "intermediate_size", default=256, to_target=_ffn, to_source=lambda v, t: v,
+              kind=PositiveInt),
+        Field("ffn_dim_multiplier", "intermediate_size", default=None, to_target=_ffn, to_source=_multiplier,
+              kind=Optional(PositiveFloat)),
+        # ModelArgs default (L2 28, L3args 47); Llama 1 says 1e-6
+        Field("norm_eps", "rms_norm_eps", default=1e-5, kind=PositiveFloat),
+        # Llama 1/2 ModelArgs has no rope_theta: precompute_freqs_cis's 10000 (L2 80, 450-454). Llama 3 files
+        # always state theirs (llama-models' own default, 500000 at L3args 48, is never reached from a release).
+        Field("rope_theta", "rope_theta", default=10000.0, to_target=lambda v, c: float(v),  # transformers 4.x
+              kind=PositiveFloat),
+        Field("rope_theta", "rope_parameters", default=10000.0, to_target=_rope_parameters,
+              to_source=lambda v, t: v["rope_theta"], kind=PositiveFloat),  # transformers 5.x
+        Field("use_scaled_rope", "rope_scaling", default=False,  # L3args 49; read by 4.x, and first by 5.x
+              to_target=lambda v, c: {"rope_type": "llama3", **LLAMA31_ROPE} if v else None,
+              to_source=lambda v, t: v is not None, kind=Bool),
+        Field("use_scaled_rope", "max_position_embeddings", default=False, to_target=_context,
+              to_source=lambda v, t: t["rope_scaling"] is not None, kind=Bool),
+    ],
+    fixed={
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_act": "silu",  # w2(silu(w1 x) * w3 x) (L2 348, L3 225)
+        "tie_word_embeddings": False,  # `output` is its own ColumnParallelLinear (L2 446-448, L3 271; fact 7)
+        "attention_bias": False,  # bias=False everywhere (L2 207-233)
+        "mlp_bias": False,
+    },
+    ignored={"max_seq_len": "a runtime argument of Llama.build (L2gen 111-115), not a weight shape",
+             "max_batch_size": "a runtime argument of Llama.build (L2gen 111-115), sizes only the KV cache"},
+    name="params.json",
+)
+
+_L, _H = "layers.{layer}", "model.layers.{layer}"
+_BLOCKS = [
+    # Column-parallel: rank r holds rows r*out/ranks ... (fact 12); q per head, k per kv head, after merging.
+    MergeRotary(f"{_L}.attention.wq.weight", f"{_H}.self_attn.q_proj.weight", heads="n_heads"),
+    MergeRotary(f"{_L}.attention.wk.weight", f"{_H}.self_attn.k_proj.weight", heads="n_kv_heads"),
+    MergeRanks(f"{_L}.attention.wv.weight", f"{_H}.self_attn.v_proj.weight", dim=0),
+    MergeRanks(f"{_L}.attention.wo.weight", f"{_H}.self_attn.o_proj.weight", dim=1),  # row-parallel
+    MergeRanks(f"{_L}.feed_forward.w1.weight", f"{_H}.mlp.gate_proj.weight", dim=0),
+    MergeRanks(f"{_L}.feed_forward.w3.weight", f"{_H}.mlp.up_proj.weight", dim=0),  # w3 = up (fact 5)
+    MergeRanks(f"{_L}.feed_forward.w2.weight", f"{_H}.mlp.down_proj.weight", dim=1),  # row-parallel
+    Replicated(f"{_L}.attention_norm.weight", f"{_H}.input_layernorm.weight"),
+    Replicated(f"{_L}.ffn_norm.weight", f"{_H}.post_attention_layernorm.weight"),
+    Replicated("norm.weight", "model.norm.weight"),
+    MergeRanks("output.weight", "lm_head.weight", dim=0),
+    Drop("rope.freqs", reason="a training-code buffer in Llama 1/2 files, unused upstream (strict=False, L2gen "
+                              "120; fact 6); transformers recomputes the rotary table", optional=True),
+]
+_RANGES = {"layer": "n_layers"}
+
+
+def _dims(c: Mapping[str, Any]) -> dict[str, int]:
+    return {k: v for k, v in sizes(dict(c)).items() if k in ("n_layers", "n_heads", "n_kv_heads", "head_dim")}
+
+
+KEYS = {
+    # ParallelEmbedding: each rank holds every row, dim/ranks columns (L2 437-439).
+    "llama2": KeyMap([MergeRanks("tok_embeddings.weight", "model.embed_tokens.weight", dim=1), *_BLOCKS],
+                     _RANGES, _dims),
+    # VocabParallelEmbedding: each rank holds vocab/ranks whole rows (L3 264).
+    "llama3": KeyMap([MergeRanks("tok_embeddings.weight", "model.embed_tokens.weight", dim=0), *_BLOCKS],
+                     _RANGES, _dims),
+}
+
+
+def convert(source: SourceCheckpoint) -> Converted:
+    """Config and tensor stream for ``LlamaForCausalLM``; the ledger checks keys and shapes first.
+
+    A vocab_size of -1 (or none) is the tokenizer's word count upstream (L2gen 116-117), which the output
+    projection has as rows: that is the size written. A ``tokenizer.model`` beside the weights is converted too
+    (and checked against Meta's own library where the ``tokenizer`` extra is installed).
+    """
+    CONFIG.complete(source.config)  # every field's kind checked before any value is used
+    layout = source.layout if source.layout in KEYS else generation(source.config)
+    config, notes = dict(source.config), list(source.notes)
+    if config.get("vocab_size", -1) <= 0 and "output.weight" in source.tensors:
+        shape = source.tensors.meta("output.weight")[0]  # (ranks, rows, dim): the ledger checks the rest
+        config["vocab_size"] = shape[0] * shape[1] if len(shape) == 3 else -1
+        notes.append(f"params.json vocab_size {source.config.get('vocab_size')}: {config['vocab_size']} from "
+                     "output.weight")
+    expected = shapes(CONFIG.complete(config), layout, model_parallel_size(source.tensors))
+    converted = convert_with(replace(source, config=config, notes=notes), CONFIG, KEYS[layout], expected)
+    folder = source.path if source.path is None or source.path.is_dir() else source.path.parent
+    if folder is not None and (folder / TOKENIZER).is_file():
+        checked = available(folder / TOKENIZER)
+        converted.files = partial(convert_tokenizer, folder / TOKENIZER, config["vocab_size"], verify=checked)
+        converted.notes.append(f"{TOKENIZER} -> tokenizer.json" + ("" if checked else f" (not checked against "
+                                                                                       f"Meta's library: {EXTRA})"))
+    return converted
+
+
+def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
+    """A transformers Llama state dict back to one rank file's worth of Meta's layout (``write`` reshards)."""
+    layout = generation(CONFIG.to_source(config))
+    return invert_with(config, tensors, CONFIG, KEYS[layout], layout=layout)

@@ -1,0 +1,84 @@
+"""Refuse weights that hold NaN or Inf before they reach a converted model.
+
+A checkpoint with non-finite weights converts "fine" and fails much later, far from the cause. Every payload
+is checked as it streams to the writer: tensors in memory with torch, file regions (copied by the kernel and
+never read by the writer) by reading their bytes into one reusable buffer on a second thread, so the check
+overlaps the copy instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from harness.errors import ConversionError
+from harness.file_regions import FileRegion
+
+__all__ = ["count_nonfinite", "refuse_nonfinite"]
+
+Payload = torch.Tensor | FileRegion
+_SCAN_BYTES = 1 << 24
+
+
+def count_nonfinite(payload: Payload) -> int:
+    """NaN and Inf values in a tensor or a file region (0 for integer tensors).
+
+    >>> count_nonfinite(torch.tensor([1.0, float("nan"), float("inf"), -2.0]))
+    2
+    """
+    if isinstance(payload, FileRegion):
+        return _scan_region(payload) if payload.dtype.is_floating_point else 0
+    if not payload.is_floating_point() or payload.device.type == "meta":
+        return 0
+    return _count(payload)
+
+
+def refuse_nonfinite(stream: Iterator[tuple[str, Payload]], *, allow: bool = False,
+                     notes: list[str] | None = None) -> Iterator[tuple[str, Payload]]:
+    """Pass ``stream`` through; raise ConversionError at its end naming every tensor with NaN/Inf values.
+
+    The error comes when the writer asks for the item after the last, before it renames its output into
+    place, so nothing is left behind. With ``allow`` the tensors are named in ``notes`` instead.
+    """
+    found: dict[str, Future[int] | int] = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convparity-finite") as pool:
+        for name, payload in stream:
+            found[name] = pool.submit(count_nonfinite, payload) if isinstance(payload, FileRegion) \
+                else count_nonfinite(payload)
+            yield name, payload
+        counts = {name: n if isinstance(n, int) else n.result() for name, n in found.items()}
+    bad = {name: n for name, n in counts.items() if n}
+    if not bad:
+        return
+    listed = ", ".join(f"{name} ({n} NaN/Inf)" for name, n in list(bad.items())[:5])
+    listed += f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    if not allow:
+        raise ConversionError(f"non-finite weights: {listed}; the checkpoint is damaged or was saved mid-"
+                              f"divergence (convert anyway with --allow-nonfinite)")
+    if notes is not None:
+        notes.append(f"warning: converted non-finite weights as they are (--allow-nonfinite): {listed}")
+
+
+def _count(t: torch.Tensor) -> int:
+    # A sum is finite only if every term is (NaN and Inf propagate), and it runs at memory speed; the exact
+    # count is taken only when the sum says there is something to count (or overflows, which is harmless).
+    total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+    return 0 if bool(torch.isfinite(total)) else int((~torch.isfinite(t)).sum())
+
+
+def _scan_region(region: FileRegion) -> int:
+    item = region.dtype.itemsize
+    buf = bytearray(min(region.nbytes, _SCAN_BYTES) // item * item or item)
+    bad, done = 0, 0
+    with open(region.path, "rb", buffering=0) as f:
+        while done < region.nbytes:
+            n = os.preadv(f.fileno(), [memoryview(buf)[: min(len(buf), region.nbytes - done)]],
+                          region.offset + done)
+            if n == 0:
+                raise ConversionError(f"{region.path} ends inside a tensor ({region.nbytes - done} bytes missing)")
+            bad += _count(torch.frombuffer(buf, dtype=region.dtype, count=n // item))
+            done += n
+    return bad
