@@ -25,14 +25,15 @@ def container(path: Path) -> str | None:
         return None
     if head.startswith(b"PK\x03\x04"):
         return "zip"  # torch.save's format since 1.6 (torch.serialization._is_zipfile checks the same 4 bytes)
+    # Before the pickle test: a safetensors header length such as 896 (0x0380) starts with the bytes 80 03.
+    if _is_safetensors(path, head):
+        return "safetensors"
     if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"  # PROTO opcode, protocol 2..5: the legacy torch.save format
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
     if head.startswith(b"\x1f\x8b"):
         return "gzip"
-    if _is_safetensors(path, head):
-        return "safetensors"
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from harness.conversion import TensorSpec
 from harness.errors import ConversionError
+from harness.sniff import container
 from harness.tensor_store import TensorStore, open_safetensors, open_torch
 from harness.writer import parse_size, plan_shards, write_model_dir
 
@@ -102,3 +104,13 @@ def test_writer_refuses_an_existing_output_and_a_stream_that_breaks_the_plan(tmp
     with pytest.raises(RuntimeError, match="planned t0"):
         write_model_dir(tmp_path / "new", {}, _specs(1), iter([("t0", torch.zeros(5))]), 100)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_safetensors_header_that_looks_like_a_pickle_opcode_is_safetensors(tmp_path: Path) -> None:
+    # A header of 896 bytes (0x0380) makes the file start 80 03, as a protocol-3 pickle does.
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode().ljust(896)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + struct.pack("<f", 1.5))
+    assert path.read_bytes()[:2] == b"\x80\x03"
+    assert container(path) == "safetensors"
+    assert open_safetensors(path)["w"].tolist() == [1.5]
