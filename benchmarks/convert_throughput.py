@@ -22,13 +22,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from memory_sampler import sample_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("experts", "fused", "safetensors", "cast", "gemma", "llama-mp8")
@@ -78,7 +78,7 @@ def _measure(path: str, family: str, options: list[str], workdir: Path, runs: in
                *options]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
-        run_peaks = _sample_memory(proc)
+        run_peaks = sample_memory(proc)
         if proc.returncode != 0:
             sys.exit(f"{path}: conversion failed with exit status {proc.returncode}")
         subprocess.run(["sync"], check=True)
@@ -163,28 +163,6 @@ _BUILDERS: dict[str, Callable[[Path, float], Any]] = {
     "experts": _mixtral("experts", "pt-shards"), "fused": _mixtral("fused", "pt-shards"),
     "safetensors": _mixtral("experts", "safetensors"), "cast": _cast, "gemma": _gemma, "llama-mp8": _llama_mp8,
 }
-
-
-def _sample_memory(proc: subprocess.Popen) -> dict[str, int]:
-    peaks = {"VmRSS": 0, "RssAnon": 0}
-
-    def sample() -> None:
-        status = Path(f"/proc/{proc.pid}/status")
-        while proc.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    key, _, value = line.partition(":")
-                    if key in peaks:
-                        peaks[key] = max(peaks[key], int(value.split()[0]))  # kB
-            except (FileNotFoundError, ProcessLookupError):
-                break
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    proc.wait()
-    thread.join()
-    return peaks
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
+from memory_sampler import sample_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,7 +76,7 @@ def _measure(n_layers: int, workdir: Path) -> dict[str, float]:
            str(report)]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    peaks = _sample_memory(proc)
+    peaks = sample_memory(proc)
     output = proc.stdout.read() if proc.stdout else ""
     row["verify s"] = time.perf_counter() - start
     print(output, flush=True)
@@ -148,27 +148,6 @@ def _matmul_floor(n_layers: int) -> float:
             ((per_expert @ w1.t()) * (per_expert @ w3.t())) @ w2.t()
     x @ head.t()
     return time.perf_counter() - start
-
-
-def _sample_memory(proc: subprocess.Popen) -> dict[str, int]:
-    peaks = {"VmRSS": 0, "RssAnon": 0}
-
-    def sample() -> None:
-        status = Path(f"/proc/{proc.pid}/status")
-        while proc.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    key, _, value = line.partition(":")
-                    if key in peaks:
-                        peaks[key] = max(peaks[key], int(value.split()[0]))  # kB
-            except (FileNotFoundError, ProcessLookupError):
-                break
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    thread.join()
-    return peaks
 
 
 def _print(rows: list[dict[str, float]]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from harness.config_map import ConfigMap
-from harness.file_regions import FileRegion
+from harness.file_regions import FileRegion, nbytes
 from harness.keymap import KeyMap, Step
 from harness.tensor_store import TensorStore
 
@@ -43,10 +43,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        return nbytes(self.shape, self.dtype)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FileRegion", "copy_region", "safetensors_regions", "torch_zip_regions"]
+__all__ = ["FileRegion", "copy_region", "nbytes", "safetensors_regions", "torch_zip_regions"]
 
 _COPY_CHUNK = 1 << 26  # bytes per copy_file_range / sendfile call, and per buffered read when neither works
 
@@ -35,10 +35,7 @@ class FileRegion:
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        return nbytes(self.shape, self.dtype)
 
     def mapped(self) -> torch.Tensor:
         """The tensor, memory-mapped copy-on-write: nothing is read until it is used, the file never changes."""
@@ -50,6 +47,18 @@ class FileRegion:
     def sub(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> FileRegion:
         """The region of a tensor that lies ``offset`` bytes into this one."""
         return FileRegion(self.path, self.offset + offset, tuple(shape), dtype)
+
+
+def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes of a dense tensor of ``shape`` and ``dtype``.
+
+    >>> nbytes((3, 4), torch.bfloat16)
+    24
+    """
+    n = dtype.itemsize
+    for d in shape:
+        n *= d
+    return n
 
 
 def torch_zip_regions(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, FileRegion]:

@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 
 from harness.conversion import SourceCheckpoint
-from tests.pristine import Pristine
+from tests.pristine import Pristine, set_field
 
 __all__ = ["TORCH", "WEIGHTS", "Apply", "Broken", "CannotBuildError", "configs_in", "get_field", "indexes_in",
            "loaded", "pick", "rewrite", "rewrite_tar", "saved", "set_field", "short", "state_of", "tar_end",
@@ -123,17 +123,6 @@ def get_field(config: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part]
     return node
-
-
-def set_field(config: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    out = dict(config)
-    node = out
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node[part] = dict(node[part])
-        node = node[part]
-    node[leaf] = value
-    return out
 
 
 def short(value: Any) -> str:

@@ -85,7 +85,7 @@ class Pristine:
         with tempfile.TemporaryDirectory(prefix="probe-", dir=self.path.parent) as tmp:  # beside the source
             for i, name in enumerate(_leaves(self.checkpoint.config)):
                 out, marker = Path(tmp) / str(i), f"probe{i}marker"
-                config = _with(self.checkpoint.config, name, marker)
+                config = set_field(self.checkpoint.config, name, marker)
                 try:
                     self.family.write(SourceCheckpoint(config, self.checkpoint.tensors, self.checkpoint.layout), out,
                                       container=self.container)
@@ -109,7 +109,8 @@ def _leaves(config: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def _with(config: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+def set_field(config: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A copy of ``config`` with the dotted field set to ``value`` (nested dicts copied on the way)."""
     out = dict(config)
     node = out
     *parents, leaf = dotted.split(".")
