@@ -89,3 +89,11 @@ def test_a_partial_being_written_is_left_alone(source: Path, tmp_path: Path,
         child.terminate()
         child.communicate(timeout=60)
     assert _debris(output) == []
+
+
+def test_a_reader_that_stops_early_gets_no_error() -> None:
+    # `convparity describe mixtral | head -1`: the reader is gone before convparity writes (`true` reads nothing).
+    pipeline = f"'{sys.executable}' -m harness.cli describe mixtral | true"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGPIPE
+    assert done.stderr == ""

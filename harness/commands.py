@@ -1,0 +1,176 @@
+"""What each ``convparity`` command does, once ``harness.cli`` has parsed its arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from harness.errors import ConversionError
+from harness.metrics import DTYPES
+from harness.parity import ParityResult, devices
+from harness.registry import Family, families, family
+from harness.terminal import colour, paint_status
+from harness.writer import parse_size
+
+__all__ = ["check", "convert", "describe", "gate", "list_families", "mutate", "verify"]
+
+
+def convert(args: argparse.Namespace) -> int:
+    from harness.runner import convert_checkpoint
+
+    fam = family(args.family)
+    dests = [flag.lstrip("-").replace("-", "_") for flag in getattr(fam, "OPTIONS", {})]
+    options = {dest: getattr(args, dest) for dest in dests}
+    start = time.perf_counter()
+    _resolve_source(args, fam)
+    converted, plan = convert_checkpoint(fam, args.source, args.output, config=args.config, dtype=args.dtype,
+                                         max_shard_size=parse_size(args.max_shard_size), progress=not args.quiet,
+                                         allow_nonfinite=args.allow_nonfinite, **options)
+    for note in converted.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {args.output}: {len(plan.tensor_to_filename)} tensors, {plan.total_size / 1e6:.1f} MB in "
+          f"{len(plan.filename_to_tensors)} file(s), {time.perf_counter() - start:.1f}s")
+    return verify(args) if args.verify else 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    from harness.card import Card, file_hashes
+    from harness.html_report import verify_page, write_html
+    from harness.verify import format_result, read_input_ids, tokenize, verify, write_json, write_report
+
+    fam = family(args.family)
+    converted = getattr(args, "converted", None) or args.output
+    options = {d: getattr(args, d) for d in (f.lstrip("-").replace("-", "_") for f in getattr(fam, "OPTIONS", {}))}
+    tokens = lengths = None
+    inputs = ""
+    if args.input_ids:
+        (tokens, lengths), inputs = read_input_ids(args.input_ids), f"token ids from {args.input_ids}"
+    elif args.text:
+        (tokens, lengths), inputs = tokenize(converted, args.text), f"token ids of {len(args.text)} text(s)"
+    if min(args.batch, args.seq_len) < 1:
+        raise ConversionError(f"--batch and --seq-len must be positive; found {args.batch} and {args.seq_len}")
+    _resolve_source(args, fam)
+    card = Card.open(args.source, converted) if getattr(args, "card", False) or getattr(args, "verify", False) else None
+    if card is not None and card.changed():
+        print("\n".join(f"FAIL: card: {line}" for line in card.changed()))
+        return 1
+    quiet = getattr(args, "quiet", False)
+    result = verify(fam, args.source, converted, tokens=tokens, lengths=lengths, inputs=inputs, device=args.device,
+                    compute_dtype=args.compute_dtype, config=args.config, batch=args.batch, seq_len=args.seq_len,
+                    seed=args.seed, progress=None if quiet else lambda m: print(f"verify: {m}", file=sys.stderr),
+                    **options)
+    print(format_result(result))
+    if args.json:
+        write_json(result, args.json)
+    if args.report:
+        write_report(result, args.report)
+    if args.html:
+        write_html(verify_page(result, file_hashes(args.source)), args.html)
+    reproduced, lines = card.settle(result, args.hub_id) if card is not None else (True, [])
+    for line in lines:
+        print(line)
+    return 0 if result.passed and reproduced else 1
+
+
+def _resolve_source(args: argparse.Namespace, fam: Family) -> None:
+    """SOURCE as given, or a Hub id (``--revision``) resolved to a local snapshot of the family's files, once."""
+    from harness.hub import is_repo_id, resolve_source
+
+    if not hasattr(args, "hub_id"):
+        args.hub_id = str(args.source) if not args.source.exists() and is_repo_id(str(args.source)) else None
+        args.source = resolve_source(args.source, fam.HUB_FILES, args.revision)
+
+
+def check(args: argparse.Namespace) -> int:
+    from harness.check import check_family
+    from harness.html_report import check_page, write_html
+    from harness.report import write_json, write_markdown
+
+    chosen = [family(n) for n in args.families] if args.families else list(families().values())
+    dtypes = _choices(args.dtypes, DTYPES, "dtype")
+    devs = _choices(args.devices, devices(), "device")
+    start = time.perf_counter()
+    print(_ROW.format("family", "case", "device", "dtype", "max_abs", "cosine", "top1", "kl", "status"))
+    results: list[ParityResult] = []
+    for fam in chosen:
+        results += check_family(fam, devs, dtypes, on_result=lambda r: print(_row(r), flush=True))
+    failed = [r for r in results if r.status == "FAIL"]
+    ran = [r for r in results if not r.skipped]
+    print(f"\n{len(ran) - len(failed)} passed, {len(failed)} failed, {len(results) - len(ran)} skipped "
+          f"in {time.perf_counter() - start:.1f}s")
+    for reason in sorted({r.skipped for r in results if r.skipped}):
+        print(f"skipped: {reason}")
+    for r in failed:
+        where = f"; first divergent hidden state {r.first_divergent_layer}" if r.first_divergent_layer else ""
+        print(f"FAIL {r.family}-{r.case}-{r.device}-{r.dtype}: {'; '.join(r.violations)}{where}")
+    if args.json:
+        write_json(results, args.json)
+    if args.report:
+        write_markdown(results, args.report)
+    if args.html:
+        write_html(check_page(results), args.html)
+    return 1 if failed else 0
+
+
+def gate(args: argparse.Namespace) -> int:
+    from harness.gate import run_gate
+
+    return run_gate(args.base, families(), _choices(args.devices, devices(), "device"),
+                    _choices(args.dtypes, DTYPES, "dtype"), junit=args.junit, markdown=args.markdown,
+                    json_path=args.json, html=args.html, quiet=args.quiet)
+
+
+def mutate(args: argparse.Namespace) -> int:
+    from harness.mutate import run_mutate
+
+    chosen = [family(n) for n in args.families] if args.families else list(families().values())
+    return run_mutate(chosen, _choices(args.dtypes, DTYPES, "dtype"), json_path=args.json, html=args.html,
+                      quiet=args.quiet)
+
+
+def list_families(args: argparse.Namespace) -> int:
+    for name, fam in families().items():
+        print(f"{name}: {fam.about}")
+        for case, spec in fam.CASES.items():
+            print(f"  {case:<16} {spec.about}")
+    return 0
+
+
+def describe(args: argparse.Namespace) -> int:
+    fam = family(args.family)
+    convert = sys.modules[f"converters.{fam.name}.convert"]
+    print(f"{fam.name}: {fam.about}\n\nconfig ({convert.CONFIG.name} -> config.json):")
+    for f in convert.CONFIG.fields:
+        print(f"  {f.source:<28} -> {f.target}")
+    for k, v in convert.CONFIG.fixed.items():
+        print(f"  {'(fixed)':<28} -> {k} = {v!r}")
+    for k, why in convert.CONFIG.ignored.items():
+        print(f"  {k:<28}    ignored: {why}")
+    tables = convert.KEYS if isinstance(convert.KEYS, dict) else {"keys": convert.KEYS}
+    for layout, keymap in tables.items():
+        print(f"\nkeys ({layout}):")
+        for rule in keymap.rules + keymap.drops + keymap.ties:
+            print(f"  {rule!r}")
+    return 0
+
+
+_ROW = "{:<9} {:<16} {:<6} {:<9} {:>9} {:>11} {:>6} {:>9}  {}"
+
+
+def _row(r: ParityResult) -> str:
+    if r.metrics is None:
+        return _ROW.format(r.family, r.case, r.device, r.dtype, "-", "-", "-", "-", paint_status(r.status, r.status,
+                                                                                                 colour()))
+    m = r.metrics
+    return _ROW.format(r.family, r.case, r.device, r.dtype, f"{m.max_abs:.2e}", f"{m.cosine:.8f}",
+                       f"{m.top1:.3f}", f"{m.kl:.1e}", paint_status(r.status, r.status, colour()))
+
+
+def _choices(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [c for c in chosen if c not in allowed]
+    if bad or not chosen:
+        raise ConversionError(f"unknown {what} {bad or text!r}; choose from {', '.join(allowed)}")
+    return chosen
