@@ -169,7 +169,7 @@ def non_tensor_entry(src: Path, p: Pristine, rng: random.Random) -> Broken:
     if f.suffix == ".nemo":
         rewrite_tar(f, lambda name, data: saved(spoil(loaded(data))) if name == "model_weights.ckpt" else data)
     else:
-        torch.save(spoil(torch.load(f, weights_only=False)), f)
+        torch.save(spoil(loaded(f)), f)
     return Broken("non-tensor-entry", f"{f.name}: a non-tensor value or key")
 
 

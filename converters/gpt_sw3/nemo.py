@@ -21,8 +21,22 @@ from harness.errors import ConversionError, brief
 from harness.sniff import container, describe_file, wide_text
 from harness.tensor_store import TensorStore, load_pickle, state_dict_problem
 
-__all__ = ["count_pieces", "load_nemo_pickle", "parse_yaml", "plain", "read_ckpt", "read_nemo", "sentencepiece_model",
-           "state_store", "write_ckpt", "write_nemo"]
+__all__ = ["count_pieces", "dictconfig_classes", "load_nemo_pickle", "parse_yaml", "plain", "read_ckpt", "read_nemo",
+           "sentencepiece_model", "state_store", "write_ckpt", "write_nemo"]
+
+
+def dictconfig_classes() -> list[Any]:
+    """Exactly the globals a pickled NeMo DictConfig refers to: the allow-list for ``weights_only`` loading."""
+    import collections
+    import typing
+
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.dictconfig import DictConfig
+    from omegaconf.listconfig import ListConfig
+    from omegaconf.nodes import AnyNode
+
+    return [DictConfig, ContainerMetadata, typing.Any, dict, collections.defaultdict, AnyNode, Metadata, ListConfig,
+            list, int]
 
 
 def load_nemo_pickle(path: Path) -> Any:
@@ -33,19 +47,11 @@ def load_nemo_pickle(path: Path) -> Any:
         if "GLOBAL omegaconf." not in str(err):
             raise
     try:
-        import collections
-        import typing
-
-        from omegaconf.base import ContainerMetadata, Metadata
-        from omegaconf.dictconfig import DictConfig
-        from omegaconf.listconfig import ListConfig
-        from omegaconf.nodes import AnyNode
+        allowed = dictconfig_classes()
     except ImportError:
         raise ConversionError(f"{path} stores its cfg as an omegaconf DictConfig, and omegaconf is not installed; "
                               "omegaconf is a dependency of convparity: pip install 'omegaconf>=2.2' and run again"
                               ) from None
-    allowed = [DictConfig, ContainerMetadata, typing.Any, dict, collections.defaultdict, AnyNode, Metadata,
-               ListConfig, list, int]
     with torch.serialization.safe_globals(allowed):
         return load_pickle(path)
 

@@ -1,0 +1,29 @@
+"""The low-precision bounds follow the reference's own drift only where that drift exceeds the fixed bound, and
+float32 never follows it: a planted bug is judged in float32, where nothing is relaxed."""
+
+from __future__ import annotations
+
+from harness.metrics import Metrics, tolerance_for
+
+CANDIDATE = Metrics(max_abs=0.5, max_rel=0.05, cosine=0.997, top1=0.89, kl=9e-3)  # a bf16 MoE flipping an expert
+QUIET = Metrics(max_abs=0.01, max_rel=1e-3, cosine=0.99999, top1=1.0, kl=1e-5)  # a reference that barely moves
+FLIPPING = Metrics(max_abs=2.1, max_rel=0.2, cosine=0.996, top1=0.95, kl=9.4e-3)  # one whose own routing flips
+
+
+def test_fixed_bounds_hold_when_the_reference_barely_moves() -> None:
+    tol = tolerance_for("cpu", "bfloat16")
+    assert tol.violations(CANDIDATE, noise=0.01, drift=QUIET) == tol.violations(CANDIDATE, noise=0.01)
+    assert len(tol.violations(CANDIDATE, noise=0.01, drift=QUIET)) == 4
+
+
+def test_bounds_follow_a_reference_that_itself_flips() -> None:
+    tol = tolerance_for("cpu", "bfloat16")
+    assert tol.violations(CANDIDATE, noise=FLIPPING.max_abs, drift=FLIPPING) == []
+    worse = Metrics(max_abs=7.0, max_rel=0.7, cosine=0.98, top1=0.8, kl=5e-2)  # beyond 3x the reference's drift
+    assert len(tol.violations(worse, noise=FLIPPING.max_abs, drift=FLIPPING)) == 4
+
+
+def test_float32_is_never_relaxed() -> None:
+    tol = tolerance_for("cpu", "float32")
+    assert tol.violations(CANDIDATE, noise=FLIPPING.max_abs, drift=FLIPPING) == tol.violations(CANDIDATE)
+    assert tol.violations(CANDIDATE)
