@@ -149,8 +149,8 @@ def _llama_mp8(source: Path, gb: float) -> tuple[str, list[str]] | None:
 
 def _lazy(config: dict[str, Any], specs: dict[str, tuple[int, ...]], layout: str) -> Any:
     """Random bf16 tensors made on demand by ``write``, so building the source needs no more than one shard."""
-    from harness.conversion import SourceCheckpoint
-    from harness.tensor_store import TensorStore
+    from harness.io.tensor_store import TensorStore
+    from harness.mapping.conversion import SourceCheckpoint
 
     def make(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.bfloat16).normal_(std=0.02)

@@ -90,8 +90,8 @@ def _measure(n_layers: int, workdir: Path) -> dict[str, float]:
 def _write_source(config: dict, folder: Path) -> None:
     """Random bf16 weights of realistic spread, made one shard at a time by ``write``."""
     from converters.mixtral.source import shapes, write
-    from harness.conversion import SourceCheckpoint
-    from harness.tensor_store import TensorStore
+    from harness.io.tensor_store import TensorStore
+    from harness.mapping.conversion import SourceCheckpoint
 
     def make(name: str, shape: tuple[int, ...]) -> torch.Tensor:
         t = torch.empty(shape, dtype=torch.bfloat16)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from harness import commands
 from harness.errors import ConversionError, brief
-from harness.metrics import DTYPES
-from harness.parity import devices
+from harness.parity.metrics import DTYPES
+from harness.parity.parity import devices
 from harness.registry import families
 from harness.runner import DEFAULT_SHARD_SIZE
 from harness.signals import Terminated, signals_as_exceptions

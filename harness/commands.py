@@ -8,11 +8,11 @@ import time
 from collections.abc import Sequence
 
 from harness.errors import ConversionError
-from harness.metrics import DTYPES
-from harness.parity import ParityResult, devices
+from harness.io.writer import parse_size
+from harness.parity.metrics import DTYPES
+from harness.parity.parity import ParityResult, devices
 from harness.registry import Family, families, family
 from harness.terminal import colour, paint_status
-from harness.writer import parse_size
 
 __all__ = ["check", "convert", "describe", "gate", "list_families", "mutate", "verify"]
 
@@ -36,9 +36,9 @@ def convert(args: argparse.Namespace) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
-    from harness.card import Card, file_hashes
-    from harness.html_report import verify_page, write_html
-    from harness.verify import format_result, read_input_ids, tokenize, verify, write_json, write_report
+    from harness.parity.card import Card, file_hashes
+    from harness.parity.html_report import verify_page, write_html
+    from harness.parity.verify import format_result, read_input_ids, tokenize, verify, write_json, write_report
 
     fam = family(args.family)
     converted = getattr(args, "converted", None) or args.output
@@ -76,7 +76,7 @@ def verify(args: argparse.Namespace) -> int:
 
 def _resolve_source(args: argparse.Namespace, fam: Family) -> None:
     """SOURCE as given, or a Hub id (``--revision``) resolved to a local snapshot of the family's files, once."""
-    from harness.hub import is_repo_id, resolve_source
+    from harness.io.hub import is_repo_id, resolve_source
 
     if not hasattr(args, "hub_id"):
         args.hub_id = str(args.source) if not args.source.exists() and is_repo_id(str(args.source)) else None
@@ -84,9 +84,9 @@ def _resolve_source(args: argparse.Namespace, fam: Family) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
-    from harness.check import check_family
-    from harness.html_report import check_page, write_html
-    from harness.report import write_json, write_markdown
+    from harness.parity.check import check_family
+    from harness.parity.html_report import check_page, write_html
+    from harness.parity.report import write_json, write_markdown
 
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
     dtypes = _choices(args.dtypes, DTYPES, "dtype")
@@ -123,7 +123,7 @@ def gate(args: argparse.Namespace) -> int:
 
 
 def mutate(args: argparse.Namespace) -> int:
-    from harness.mutate import run_mutate
+    from harness.mutation.runner import run_mutate
 
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
     return run_mutate(chosen, _choices(args.dtypes, DTYPES, "dtype"), json_path=args.json, html=args.html,

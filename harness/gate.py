@@ -13,13 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.check import RoundTrip, check_family
 from harness.errors import ConversionError
-from harness.html_report import check_page, write_html
-from harness.parity import ParityResult
+from harness.parity.check import RoundTrip, check_family
+from harness.parity.html_report import check_page, write_html
+from harness.parity.parity import ParityResult
+from harness.parity.report import write_json, write_junit, write_markdown
+from harness.parity.snapshot import case_snapshot, check_snapshot
 from harness.registry import Family
-from harness.report import write_json, write_junit, write_markdown
-from harness.snapshot import case_snapshot, check_snapshot
 from harness.terminal import counter
 
 __all__ = ["SHARED", "affected_families", "changed_files", "run_gate"]
@@ -43,7 +43,7 @@ def affected_families(changed: Sequence[str], known: Sequence[str]) -> dict[str,
 
     >>> affected_families(["converters/phi/convert.py", "README.md"], ["phi", "rwkv"])
     {'phi': 'converters/phi/convert.py'}
-    >>> sorted(affected_families(["harness/writer.py"], ["phi", "rwkv"]))
+    >>> sorted(affected_families(["harness/io/writer.py"], ["phi", "rwkv"]))
     ['phi', 'rwkv']
     """
     out: dict[str, str] = {}

@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
     if any(item.get_closest_marker("cuda") for item in items):
-        from harness.parity import cuda_skip_reason  # imports torch: only when cuda items exist
+        from harness.parity.parity import cuda_skip_reason  # imports torch: only when cuda items exist
 
         reason = cuda_skip_reason()
         for item in items:
@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def convparity_round_trip(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Any]:
     """``round_trip(family, case)``: the case's tiny source written, read back and converted (cached)."""
-    from harness.check import round_trip
+    from harness.parity.check import round_trip
     from harness.registry import family
 
     cache: dict[tuple[str, str], Any] = {}
@@ -94,8 +94,8 @@ def convparity_reference() -> Callable[..., Any]:
 def convparity_golden(request: pytest.FixtureRequest, convparity_round_trip: Callable[[str, str], Any]
                       ) -> Callable[[str, str], None]:
     """``golden(family, case)``: compare the case's snapshot with its golden file; fail with the diff."""
+    from harness.parity.snapshot import case_snapshot, check_snapshot
     from harness.registry import family
-    from harness.snapshot import case_snapshot, check_snapshot
 
     root = request.config.getoption("--golden-dir") or Path(request.config.rootpath) / "golden"
     update = request.config.getoption("--update-golden")

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 
-from harness.conversion import Converted, TensorSpec
 from harness.errors import ConversionError
-from harness.finite import refuse_nonfinite
-from harness.keymap import check_dtypes
-from harness.metrics import DTYPES
+from harness.io.finite import refuse_nonfinite
+from harness.io.staging import remove_stale_partials
+from harness.io.writer import ShardPlan, write_model_dir
+from harness.mapping.conversion import Converted, TensorSpec
+from harness.mapping.keymap import check_dtypes
+from harness.parity.metrics import DTYPES
 from harness.registry import Family
-from harness.staging import remove_stale_partials
-from harness.writer import ShardPlan, write_model_dir
 
 __all__ = ["DEFAULT_SHARD_SIZE", "convert_checkpoint", "write_converted"]
 

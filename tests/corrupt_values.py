@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from harness.conversion import SourceCheckpoint
-from harness.tensor_store import TensorStore
+from harness.io.tensor_store import TensorStore
+from harness.mapping.conversion import SourceCheckpoint
 from tests.corruption_tools import Apply, Broken, get_field, rewrite, set_field, short
 from tests.pristine import Pristine
 

@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 
 from converters.gpt_sw3.nemo import dictconfig_classes
-from harness.conversion import SourceCheckpoint
+from harness.mapping.conversion import SourceCheckpoint
 from tests.pristine import Pristine, set_field
 
 __all__ = ["TORCH", "WEIGHTS", "Apply", "Broken", "CannotBuildError", "configs_in", "get_field", "indexes_in",

@@ -1,6 +1,6 @@
 """Hypothesis strategies for each family's tiny configs, keyed by family name: (case, checkpoint dtype).
 
-Every draw is a valid upstream config (head counts divide, sizes fit the tokens of ``harness.mutate``), small
+Every draw is a valid upstream config (head counts divide, sizes fit the tokens of ``harness.mutation.runner``), small
 enough that one conversion, load and forward takes a fraction of a second.
 """
 

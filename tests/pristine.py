@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config_kinds import Kind, Valid
-from harness.config_map import ConfigMap
-from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
+from harness.mapping.config_kinds import Kind, Valid
+from harness.mapping.config_map import ConfigMap
+from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.rules import Drop
 from harness.registry import Family
-from harness.rules import Drop
 
 __all__ = ["Pristine"]
 

@@ -10,8 +10,8 @@ import pytest
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
-from harness.card import CARD_JSON, CARD_README, file_hashes
 from harness.cli import main
+from harness.parity.card import CARD_JSON, CARD_README, file_hashes
 
 FAST = ["--quiet", "--batch", "1", "--seq-len", "8"]
 

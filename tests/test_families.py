@@ -1,7 +1,7 @@
 """Properties every family must have, generated from the registry: adding a folder adds its tests.
 
 - converter (through transformers) and reference each reproduce the real upstream logits in float32, within
-  FLOOR_FACTOR x the reference's own float32-vs-float64 drift on that case (harness/precision.py);
+  FLOOR_FACTOR x the reference's own float32-vs-float64 drift on that case (harness/parity/precision.py);
 - every default case passes the parity matrix after a round trip through disk (CUDA skipped cleanly);
 - ``invert(convert(x))`` gives back the source tensors bit for bit;
 - every released size converts to the shapes transformers builds for it, on the meta device.
@@ -17,13 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.conversion import SourceCheckpoint
-from harness.metrics import DTYPES
-from harness.parity import load_converted, make_tokens, run_parity
-from harness.precision import FLOOR_FACTOR, noise_bound, reference_noise_floor
+from harness.io.tensor_store import TensorStore
+from harness.mapping.conversion import SourceCheckpoint
+from harness.parity.metrics import DTYPES
+from harness.parity.parity import load_converted, make_tokens, run_parity
+from harness.parity.precision import FLOOR_FACTOR, noise_bound, reference_noise_floor
 from harness.registry import families
 from harness.runner import write_converted
-from harness.tensor_store import TensorStore
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "upstream"
 FAMILIES = families()

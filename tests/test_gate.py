@@ -20,7 +20,7 @@ KNOWN = ["gemma", "mixtral", "phi"]
     (["converters/phi/convert.py"], {"phi"}),
     (["golden/upstream/gemma/case-x/meta.json", "golden/mixtral/gqa.json"], {"gemma", "mixtral"}),
     (["tests/test_phi.py", "README.md", "docs/design.md"], {"phi"}),
-    (["harness/writer.py"], set(KNOWN)),
+    (["harness/io/writer.py"], set(KNOWN)),
     (["constraints.txt"], set(KNOWN)),
     (["README.md", "converters/__init__.py", "converters/unknown/x.py"], set()),
 ])

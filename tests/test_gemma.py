@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from harness import transforms
 from harness.cli import main
 from harness.errors import ConversionError
-from harness.parity import load_converted, make_tokens, run_parity
+from harness.mapping import transforms
+from harness.mapping.rules import DequantizeSplit
+from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.registry import family
-from harness.rules import DequantizeSplit
 from harness.runner import convert_checkpoint
 
 GEMMA = family("gemma")
@@ -115,8 +115,8 @@ def test_variant_presets_match_gemma_pytorch_config(tmp_path: Path) -> None:
 
 
 def _meta_source(variant: str):
-    from harness.conversion import SourceCheckpoint
-    from harness.tensor_store import TensorStore
+    from harness.io.tensor_store import TensorStore
+    from harness.mapping.conversion import SourceCheckpoint
 
     config = GEMMA.SIZES[variant]
     metas = {k: (s, torch.int8 if k.endswith("proj.weight") and config["quant"] else torch.bfloat16)

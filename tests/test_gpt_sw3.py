@@ -19,8 +19,8 @@ from converters.gpt_sw3.convert import ONNX_SAFE_NOTE
 from converters.gpt_sw3.nemo import count_pieces, load_nemo_pickle, sentencepiece_model
 from harness.cli import main
 from harness.errors import ConversionError
-from harness.metrics import tolerance_for
-from harness.parity import load_converted, make_tokens, run_parity
+from harness.parity.metrics import tolerance_for
+from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.registry import family
 from harness.runner import convert_checkpoint
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from harness import mutate
-from harness.check import check_family
 from harness.cli import main
-from harness.html_report import check_page, write_html
-from harness.mutants import swap_layers
+from harness.mutation import runner as mutate
+from harness.mutation.catalogue import swap_layers
+from harness.parity.check import check_family
+from harness.parity.html_report import check_page, write_html
 from harness.registry import family
 from harness.terminal import colour
 

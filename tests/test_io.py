@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.conversion import TensorSpec
 from harness.errors import ConversionError
-from harness.sniff import container
-from harness.tensor_store import TensorStore, open_safetensors, open_torch
-from harness.writer import parse_size, plan_shards, write_model_dir
+from harness.io.sniff import container
+from harness.io.tensor_store import TensorStore, open_safetensors, open_torch
+from harness.io.writer import parse_size, plan_shards, write_model_dir
+from harness.mapping.conversion import TensorSpec
 
 
 class _RunsCode:

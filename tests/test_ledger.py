@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config_map import ConfigMap, Field
 from harness.errors import ConversionError
-from harness.keymap import KeyMap, LedgerError
-from harness.rules import Drop, Rename, Rotary, Tie, Unstack
+from harness.mapping.config_map import ConfigMap, Field
+from harness.mapping.keymap import KeyMap, LedgerError
+from harness.mapping.rules import Drop, Rename, Rotary, Tie, Unstack
 
 DIMS = {"n_layers": 2, "n_heads": 2, "head_dim": 4, "n_experts": 3}
 TABLE = KeyMap([

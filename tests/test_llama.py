@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from converters.llama.convert import CONFIG
 from converters.llama.tokenizer import EXTRA, SAMPLES, check, convert_tokenizer
-from harness import transforms
 from harness.cli import main
 from harness.errors import ConversionError
-from harness.parity import load_converted, make_tokens, run_parity
+from harness.mapping import transforms
+from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.registry import family
 from harness.runner import convert_checkpoint
 

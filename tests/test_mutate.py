@@ -19,8 +19,8 @@ import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import mutate
-from harness.mutants import Mutable, swap_names
+from harness.mutation import runner as mutate
+from harness.mutation.catalogue import Mutable, swap_names
 from harness.registry import families, family
 from tests.family_strategies import STRATEGIES
 

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from converters.phi.convert import CONFIG, KEYS
 from converters.phi.source import CONTAINERS, LAYOUTS, SIZES
 from harness.cli import main
-from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
-from harness.parity import load_converted, make_tokens, run_parity
+from harness.io.tensor_store import TensorStore
+from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.rules import RenameAt
+from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.registry import family
-from harness.rules import RenameAt
 from harness.runner import convert_checkpoint
-from harness.tensor_store import TensorStore
 
 PHI = family("phi")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.parity import cuda_skip_reason
+from harness.parity.parity import cuda_skip_reason
 
 pytest_plugins = ["pytester"]
 

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 
 from converters.rwkv.convert import ONE_LAYER_NOTE
 from harness.cli import main
-from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
-from harness.parity import load_converted, make_tokens, run_parity
+from harness.io.tensor_store import TensorStore
+from harness.mapping.conversion import SourceCheckpoint
+from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.registry import family
 from harness.runner import convert_checkpoint
-from harness.tensor_store import TensorStore
 
 RWKV = family("rwkv")
 

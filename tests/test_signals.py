@@ -17,7 +17,7 @@ from harness.registry import family
 # The child converts a tiny Mixtral, sleeping between tensors so that there is time to signal it mid-write.
 _SLOW_CONVERT = textwrap.dedent("""
     import sys, time
-    from harness.conversion import Converted
+    from harness.mapping.conversion import Converted
     payloads = Converted.payloads
     def slow(self):
         for item in payloads(self):

@@ -3,7 +3,7 @@ float32 never follows it: a planted bug is judged in float32, where nothing is r
 
 from __future__ import annotations
 
-from harness.metrics import Metrics, tolerance_for
+from harness.parity.metrics import Metrics, tolerance_for
 
 CANDIDATE = Metrics(max_abs=0.5, max_rel=0.05, cosine=0.997, top1=0.89, kl=9e-3)  # a bf16 MoE flipping an expert
 QUIET = Metrics(max_abs=0.01, max_rel=1e-3, cosine=0.99999, top1=1.0, kl=1e-5)  # a reference that barely moves

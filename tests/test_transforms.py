@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import transforms as T
+from harness.mapping import transforms as T
 
 small = st.integers(min_value=1, max_value=5)
 

@@ -23,11 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from harness.cli import main
 from harness.errors import ConversionError
-from harness.parity import UpcastTensors, load_converted, make_tokens
+from harness.parity.parity import UpcastTensors, load_converted, make_tokens
+from harness.parity.streamed_model import StreamedModel
+from harness.parity.verify import read_input_ids, verify
 from harness.registry import families
 from harness.runner import write_converted
-from harness.streamed_model import StreamedModel
-from harness.verify import read_input_ids, verify
 
 FAMILIES = families()
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "upstream"

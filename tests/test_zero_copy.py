@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness import file_regions, writer
 from harness.cli import main
 from harness.errors import ConversionError
-from harness.file_regions import FileRegion, copy_region
-from harness.finite import count_nonfinite
+from harness.io import file_regions, writer
+from harness.io.file_regions import FileRegion, copy_region
+from harness.io.finite import count_nonfinite
+from harness.io.tensor_store import open_safetensors, open_torch
 from harness.registry import family
-from harness.tensor_store import open_safetensors, open_torch
 
 
 def test_torch_zip_regions_hold_the_tensor_bytes(tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from converters.gemma.source import DEFAULTS, shapes
-from harness.config_kinds import Bool, Count, Divides, OneOf, PositiveFloat, PositiveInt, Valid
-from harness.config_map import ConfigMap, Field
-from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.keymap import KeyMap
-from harness.rules import Dequantize, DequantizeSplit, Drop, Rename, Split, Tie
+from harness.mapping.config_kinds import Bool, Count, Divides, OneOf, PositiveFloat, PositiveInt, Valid
+from harness.mapping.config_map import ConfigMap, Field
+from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.mapping.keymap import KeyMap
+from harness.mapping.rules import Dequantize, DequantizeSplit, Drop, Rename, Split, Tie
 
 __all__ = ["CONFIG", "KEYS", "convert", "invert"]
 

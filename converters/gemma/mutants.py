@@ -10,9 +10,9 @@ import math
 
 import torch
 
-from harness.keymap import Step
-from harness.mutants import Mutable, Mutant, rerun
-from harness.rules import DequantizeSplit, Split
+from harness.mapping.keymap import Step
+from harness.mapping.rules import DequantizeSplit, Split
+from harness.mutation.catalogue import Mutable, Mutant, rerun
 
 __all__ = ["CASES", "MUTANTS"]
 

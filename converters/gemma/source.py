@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
+from harness.io.source_files import index_shards, read_json_config
+from harness.io.tensor_store import TensorStore, open_torch
+from harness.io.tiny import random_weights
+from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.transforms import quantize
 from harness.registry import Case
-from harness.source_files import index_shards, read_json_config
-from harness.tensor_store import TensorStore, open_torch
-from harness.tiny import random_weights
-from harness.transforms import quantize
 
 __all__ = ["CASES", "CONTAINERS", "DEFAULTS", "GELU", "OPTIONS", "SIZES", "read", "shapes", "tiny", "write"]
 

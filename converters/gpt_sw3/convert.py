@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from converters.gpt_sw3.source import shapes
-from harness.config_kinds import Bool, Count, Divides, NotAbove, Optional, PositiveFloat, PositiveInt, Valid
-from harness.config_map import ConfigMap, Field
-from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
 from harness.errors import ConversionError
-from harness.keymap import KeyMap
-from harness.rules import CutVocab, Drop, GroupQKV, Rename, Tie, Transpose
+from harness.mapping.config_kinds import Bool, Count, Divides, NotAbove, Optional, PositiveFloat, PositiveInt, Valid
+from harness.mapping.config_map import ConfigMap, Field
+from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.mapping.keymap import KeyMap
+from harness.mapping.rules import CutVocab, Drop, GroupQKV, Rename, Tie, Transpose
 
 __all__ = ["CONFIG", "IGNORED", "KEYS", "ONNX_SAFE_NOTE", "convert", "invert"]
 

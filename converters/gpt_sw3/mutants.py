@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from harness import transforms
-from harness.keymap import Step
-from harness.mutants import Mutable, Mutant, rerun
-from harness.mutate import MutationCase
-from harness.rules import CutVocab, GroupQKV
+from harness.mapping import transforms
+from harness.mapping.keymap import Step
+from harness.mapping.rules import CutVocab, GroupQKV
+from harness.mutation.catalogue import Mutable, Mutant, rerun
+from harness.mutation.runner import MutationCase
 
 __all__ = ["CASES", "MUTANTS"]
 

@@ -18,8 +18,8 @@ import torch
 import yaml
 
 from harness.errors import ConversionError, brief
-from harness.sniff import container, describe_file, wide_text
-from harness.tensor_store import TensorStore, load_pickle, state_dict_problem
+from harness.io.sniff import container, describe_file, wide_text
+from harness.io.tensor_store import TensorStore, load_pickle, state_dict_problem
 
 __all__ = ["count_pieces", "dictconfig_classes", "load_nemo_pickle", "parse_yaml", "plain", "read_ckpt", "read_nemo",
            "sentencepiece_model", "state_store", "write_ckpt", "write_nemo"]

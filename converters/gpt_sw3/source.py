@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from converters.gpt_sw3.nemo import count_pieces, parse_yaml, read_ckpt, read_nemo, write_ckpt, write_nemo
-from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
+from harness.io.source_files import read_bytes
+from harness.io.tensor_store import TensorStore
+from harness.io.tiny import random_weights
+from harness.mapping.conversion import SourceCheckpoint
 from harness.registry import Case
-from harness.source_files import read_bytes
-from harness.tensor_store import TensorStore
-from harness.tiny import random_weights
 
 __all__ = ["CASES", "CONTAINERS", "OPTIONS", "SIZES", "UPSTREAM_OPTIONS", "read", "shapes", "tiny", "write"]
 

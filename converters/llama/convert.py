@@ -18,11 +18,11 @@ from typing import Any
 from converters.llama.ranks import model_parallel_size
 from converters.llama.source import TOKENIZER, ffn_hidden_dim, generation, shapes, sizes
 from converters.llama.tokenizer import EXTRA, available, convert_tokenizer
-from harness.config_kinds import AnyOf, Bool, Count, OneOf, Optional, PositiveFloat, PositiveInt
-from harness.config_map import ConfigMap, Field
-from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.keymap import KeyMap
-from harness.rules import Drop, MergeRanks, MergeRotary, Replicated
+from harness.mapping.config_kinds import AnyOf, Bool, Count, OneOf, Optional, PositiveFloat, PositiveInt
+from harness.mapping.config_map import ConfigMap, Field
+from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.mapping.keymap import KeyMap
+from harness.mapping.rules import Drop, MergeRanks, MergeRotary, Replicated
 
 __all__ = ["CONFIG", "KEYS", "LLAMA31_ROPE", "convert", "invert"]
 

@@ -1,7 +1,7 @@
 """Planted bugs of transformers' old ``models/llama/convert_llama_weights_to_hf.py`` and of llama-models'
 resharder (golden/upstream/llama/README.md, "fact N"), and mutation-only cases.
 
-The generic catalogue (``harness/mutants.py``) covers the rest: q/k or gate/up swapped, layers swapped, a
+The generic catalogue (``harness/mutation/catalogue.py``) covers the rest: q/k or gate/up swapped, layers swapped, a
 transposed square matrix, a tied head, a wrong norm epsilon or rope theta, a hard-coded vocabulary; its
 "rotary convention reversed" finds no ``Rotary`` rule here and permutes the output's q/k a second time.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 
 from converters.llama.source import ffn_hidden_dim
-from harness import transforms
-from harness.keymap import Step
-from harness.mutants import Mutable, Mutant, rerun, set_config
-from harness.mutate import MutationCase
-from harness.rules import MergeRanks, MergeRotary
+from harness.mapping import transforms
+from harness.mapping.keymap import Step
+from harness.mapping.rules import MergeRanks, MergeRotary
+from harness.mutation.catalogue import Mutable, Mutant, rerun, set_config
+from harness.mutation.runner import MutationCase
 
 __all__ = ["CASES", "MUTANTS"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from harness import transforms
 from harness.errors import ConversionError
-from harness.tensor_store import TensorStore, open_torch
+from harness.io.tensor_store import TensorStore, open_torch
+from harness.mapping import transforms
 
 __all__ = ["local_shape", "model_parallel_size", "open_ranks", "rank_files", "reshard", "split_dim"]
 

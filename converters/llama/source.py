@@ -21,12 +21,12 @@ import torch
 
 from converters.llama import tokenizer
 from converters.llama.ranks import local_shape, model_parallel_size, open_ranks, rank_files, reshard, split_dim
-from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
+from harness.io.source_files import read_json_config
+from harness.io.tensor_store import TensorStore
+from harness.io.tiny import random_weights
+from harness.mapping.conversion import SourceCheckpoint
 from harness.registry import Case
-from harness.source_files import read_json_config
-from harness.tensor_store import TensorStore
-from harness.tiny import random_weights
 
 __all__ = ["CASES", "LAYOUTS", "OPTIONS", "SIZES", "ffn_hidden_dim", "generation", "read", "shapes", "sizes", "tiny",
            "write"]

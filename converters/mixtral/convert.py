@@ -10,11 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 from converters.mixtral.source import shapes
-from harness.config_kinds import Count, Divides, NonNegativeFloat, NotAbove, Optional, PositiveFloat, PositiveInt
-from harness.config_map import ConfigMap, Field
-from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.keymap import KeyMap
-from harness.rules import Rename, Rotary, Unstack
+from harness.mapping.config_kinds import (
+    Count,
+    Divides,
+    NonNegativeFloat,
+    NotAbove,
+    Optional,
+    PositiveFloat,
+    PositiveInt,
+)
+from harness.mapping.config_map import ConfigMap, Field
+from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.mapping.keymap import KeyMap
+from harness.mapping.rules import Rename, Rotary, Unstack
 
 __all__ = ["CONFIG", "KEYS", "convert", "invert"]
 

@@ -1,18 +1,18 @@
 """Planted bugs of transformers' old ``models/mixtral/convert_mixtral_weights_to_hf.py``, and mutation-only cases.
 
-The generic catalogue (``harness/mutants.py``) covers the rest of what that script could get wrong: the rotary
-permutation, q/k, experts, gate/up.
+The generic catalogue (``harness/mutation/catalogue.py``) covers the rest of what that script could get wrong:
+the rotary permutation, q/k, experts, gate/up.
 """
 
 from __future__ import annotations
 
 import torch
 
-from harness import transforms
-from harness.keymap import Step
-from harness.mutants import Mutable, Mutant, rerun, set_config
-from harness.mutate import MutationCase
-from harness.rules import Unstack
+from harness.mapping import transforms
+from harness.mapping.keymap import Step
+from harness.mapping.rules import Unstack
+from harness.mutation.catalogue import Mutable, Mutant, rerun, set_config
+from harness.mutation.runner import MutationCase
 
 __all__ = ["CASES", "MUTANTS"]
 

@@ -16,12 +16,12 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
+from harness.io.source_files import open_weights, read_json_config
+from harness.io.tensor_store import TensorStore
+from harness.io.tiny import random_weights
+from harness.mapping.conversion import SourceCheckpoint
 from harness.registry import Case
-from harness.source_files import open_weights, read_json_config
-from harness.tensor_store import TensorStore
-from harness.tiny import random_weights
 
 __all__ = ["CASES", "CONTAINERS", "SIZES", "read", "shapes", "tiny", "write"]
 

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from converters.phi.source import DEFAULTS, shapes, sizes
-from harness.config_kinds import (
+from harness.errors import ConversionError
+from harness.mapping.config_kinds import (
     Bool,
     Count,
     Divides,
@@ -26,11 +27,10 @@ from harness.config_kinds import (
     Probability,
     String,
 )
-from harness.config_map import ConfigMap, Field
-from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.errors import ConversionError
-from harness.keymap import KeyMap
-from harness.rules import Drop, Rename, RenameAt, RuleLike, Split
+from harness.mapping.config_map import ConfigMap, Field
+from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.mapping.keymap import KeyMap
+from harness.mapping.rules import Drop, Rename, RenameAt, RuleLike, Split
 
 __all__ = ["CONFIG", "KEYS", "convert", "invert"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.keymap import Step
-from harness.mutants import Mutable, Mutant, rerun, set_config
-from harness.mutate import MutationCase
-from harness.rules import Split
+from harness.mapping.keymap import Step
+from harness.mapping.rules import Split
+from harness.mutation.catalogue import Mutable, Mutant, rerun, set_config
+from harness.mutation.runner import MutationCase
 
 __all__ = ["CASES", "MUTANTS"]
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 from typing import Any
 
 from converters.rwkv.source import CTX_LEN, shapes
-from harness.config_kinds import Count, NonNegativeInt, PositiveInt
-from harness.config_map import ConfigMap, Field
-from harness.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.keymap import KeyMap
-from harness.rules import Rename
+from harness.mapping.config_kinds import Count, NonNegativeInt, PositiveInt
+from harness.mapping.config_map import ConfigMap, Field
+from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.mapping.keymap import KeyMap
+from harness.mapping.rules import Rename
 
 __all__ = ["CONFIG", "KEYS", "ONE_LAYER_NOTE", "convert", "invert"]
 

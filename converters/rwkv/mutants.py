@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.mutants import Mutable, Mutant, swap_names
-from harness.mutate import MutationCase
+from harness.mutation.catalogue import Mutable, Mutant, swap_names
+from harness.mutation.runner import MutationCase
 
 __all__ = ["CASES", "MUTANTS"]
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from harness.conversion import SourceCheckpoint
 from harness.errors import ConversionError
+from harness.io.tensor_store import TensorStore, load_pickle, state_dict_problem
+from harness.io.tiny import random_normal, random_weights
+from harness.mapping.conversion import SourceCheckpoint
 from harness.registry import Case
-from harness.tensor_store import TensorStore, load_pickle, state_dict_problem
-from harness.tiny import random_normal, random_weights
 
 __all__ = ["CASES", "OPTIONS", "RESCALE_EVERY", "SIZES", "detect_version", "read", "shapes", "tiny", "write"]
 
@@ -160,7 +160,7 @@ def _time_params(p: str, ratio_0_to_1: float, ratio_1_to_0: float, C: int, A: in
 
     Upstream uses powers (``h ** (0.7 + 1.3 r)``, ``x ** r``); these are replaced by blends of ``h``, ``h^2`` and
     ``sqrt(x)`` of the same range and monotonicity, because vectorised ``pow`` differs in its last bits between
-    CPUs and tiny sources must be identical on every host (harness.tiny).
+    CPUs and tiny sources must be identical on every host (harness.io.tiny).
     """
     h = torch.arange(A, dtype=torch.float64) / max(A - 1, 1)
     decay = -5 + 8 * (h * (1 - ratio_0_to_1) + h * h * ratio_0_to_1)  # -5 .. 3 across channels: raw w, before -exp

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from harness.conversion import SourceCheckpoint
-from harness.metrics import DTYPES, Metrics, Tolerance, compare_logits, tolerance_for
+from harness.mapping.conversion import SourceCheckpoint
+from harness.parity.metrics import DTYPES, Metrics, Tolerance, compare_logits, tolerance_for
 from harness.registry import Family
 
 __all__ = ["ParityResult", "UpcastTensors", "cuda_skip_reason", "devices", "load_converted", "make_tokens",

@@ -31,7 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from harness.errors import ConversionError
-from harness.tensor_store import SAFETENSORS_DTYPES, load_pickle
+from harness.io.tensor_store import SAFETENSORS_DTYPES, load_pickle
 
 __all__ = ["StreamedModel", "StreamedOutput", "Unit"]
 

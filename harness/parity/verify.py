@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from harness.errors import ConversionError
-from harness.metrics import DTYPES, compare_logits
-from harness.parity import UpcastTensors, cuda_skip_reason, make_tokens
-from harness.precision import float64_compute
+from harness.parity.metrics import DTYPES, compare_logits
+from harness.parity.parity import UpcastTensors, cuda_skip_reason, make_tokens
+from harness.parity.precision import float64_compute
+from harness.parity.streamed_model import StreamedModel
 from harness.registry import Family
-from harness.streamed_model import StreamedModel
 from harness.terminal import module_progress
 
 __all__ = ["BOUNDS", "Bound", "Comparison", "VerifyResult", "format_result", "read_input_ids", "tokenize", "verify",
@@ -238,14 +238,14 @@ _ROW = "{:<22} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11}  {}"
 
 def write_json(r: VerifyResult, path: Path) -> None:
     """The result, with the environment of the run, as JSON."""
-    from harness.report import write_document
+    from harness.parity.report import write_document
 
     write_document(path, "verify", [{"bound": asdict(BOUNDS[r.compute_dtype]), **r.as_dict()}])
 
 
 def write_report(r: VerifyResult, path: Path) -> None:
     """A Markdown report a reviewer can trust without rerunning: environment, command, table, verdict."""
-    from harness.report import environment
+    from harness.parity.report import environment
 
     env = environment()
     lines = [f"# convparity verify: {r.family}", "", f"**{'PASS' if r.passed else 'FAIL'}**", "",

@@ -31,16 +31,16 @@ from typing import Any
 
 import torch
 
-from harness.conversion import SourceCheckpoint, TensorSpec
-from harness.html_report import mutate_page, write_html
-from harness.metrics import DTYPES
-from harness.mutants import MUTANTS, Mutable, Mutant
-from harness.parity import load_converted, make_tokens, run_parity
+from harness.io.tensor_store import TensorStore
+from harness.io.writer import write_model_dir
+from harness.mapping.conversion import SourceCheckpoint, TensorSpec
+from harness.mutation.catalogue import MUTANTS, Mutable, Mutant
+from harness.parity.html_report import mutate_page, write_html
+from harness.parity.metrics import DTYPES
+from harness.parity.parity import load_converted, make_tokens, run_parity
+from harness.parity.report import write_document
 from harness.registry import Case, Family
-from harness.report import write_document
-from harness.tensor_store import TensorStore
 from harness.terminal import bar
-from harness.writer import write_model_dir
 
 __all__ = ["BATCH", "SEQ", "CaseRun", "MutationCase", "Record", "cases_for", "evaluate", "mutants_for", "prepare",
            "run_family", "run_mutate", "summary"]
@@ -103,7 +103,7 @@ def cases_for(family: Family) -> dict[str, Case]:
 
 
 def prepare(family: Family, name: str, case: Case, workdir: Path, seed: int = 0) -> CaseRun:
-    """Write the case's tiny source, read it back and convert it (as ``harness.check.round_trip`` does)."""
+    """Write the case's tiny source, read it back and convert it (as ``harness.parity.check.round_trip`` does)."""
     source_dir = workdir / name / "source"
     tiny = family.tiny(seed, layout=case.layout, **case.config)
     if isinstance(case, MutationCase) and case.scale:

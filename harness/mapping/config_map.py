@@ -3,7 +3,7 @@
 Every upstream field is either mapped by a ``Field`` or listed in ``ignored`` with a reason; anything else is
 an error, not a silent default. Nested upstream fields are written with dots (``moe.num_experts``). Each field
 declares the values it accepts (``kind=PositiveInt``) and the table the rules between fields
-(``checks=[Divides("n_kv_heads", "n_heads")]``, see ``harness.config_kinds``): all are checked, naming the
+(``checks=[Divides("n_kv_heads", "n_heads")]``, see ``harness.mapping.config_kinds``): all are checked, naming the
 field, before anything is converted.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.config_kinds import Check, Kind, show
 from harness.errors import ConversionError
+from harness.mapping.config_kinds import Check, Kind, show
 
 __all__ = ["REQUIRED", "ConfigMap", "Field"]
 
@@ -31,7 +31,7 @@ class Field:
 
     ``default`` applies when the upstream file omits the field (cite the upstream line that defines it);
     ``to_target(value, upstream_config)`` and ``to_source(value, target_config)`` convert the value; ``kind``
-    is the set of values accepted (``harness.config_kinds``; None accepts anything).
+    is the set of values accepted (``harness.mapping.config_kinds``; None accepts anything).
     """
 
     source: str
@@ -50,7 +50,7 @@ class ConfigMap:
     {'model_type': 'x', 'hidden_size': 8}
     >>> cm.to_source({"model_type": "x", "hidden_size": 8})
     {'dim': 8}
-    >>> from harness.config_kinds import PositiveInt
+    >>> from harness.mapping.config_kinds import PositiveInt
     >>> ConfigMap([Field("dim", "hidden_size", kind=PositiveInt)], name="params.json").complete({"dim": "8"})
     Traceback (most recent call last):
     harness.errors.ConversionError: params.json: dim is '8' (a string); expected a positive integer

@@ -90,8 +90,8 @@ class Card:
                       f"({'PASS' if now['passed'] else 'FAIL'}), same sha256 of every source and output file"]
 
     def _record(self, result: Any, base_model: str | None) -> dict[str, Any]:
-        from harness.report import SCHEMA, environment
-        from harness.verify import BOUNDS
+        from harness.parity.report import SCHEMA, environment
+        from harness.parity.verify import BOUNDS
 
         return {"schema": SCHEMA, "command": "verify", "environment": environment(), "base_model": base_model,
                 "result": {"bound": asdict(BOUNDS[result.compute_dtype]), **result.as_dict()},
@@ -112,7 +112,7 @@ def render_card(record: dict[str, Any]) -> Any:
     result = record["result"]
     data = ModelCardData(base_model=record.get("base_model"), library_name="transformers",
                          tags=["convparity", "converted", result["family"]])
-    env = jinja2.Environment(loader=jinja2.PackageLoader("harness", "templates"), autoescape=False,
+    env = jinja2.Environment(loader=jinja2.PackageLoader("harness.parity", "templates"), autoescape=False,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     body = env.get_template("card.md.j2").render(r=result, env=record["environment"], files=record["files"],
                                                  rows=[*result["blocks"], *([result["logits"]] if result["logits"]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from harness.errors import ConversionError
-from harness.rules import Dequantize, DequantizeSplit, Dims, Drop, Rule, RuleLike, Tie
+from harness.mapping.rules import Dequantize, DequantizeSplit, Dims, Drop, Rule, RuleLike, Tie
 
 __all__ = ["FLOATING", "KeyMap", "LedgerError", "Step", "check_dtypes"]
 
@@ -53,7 +53,7 @@ class Step:
 class KeyMap:
     """The declarative key table of one family.
 
-    >>> from harness.rules import Rename
+    >>> from harness.mapping.rules import Rename
     >>> km = KeyMap([Rename("layers.{layer}.w", "model.layers.{layer}.w")], ranges={"layer": "n_layers"})
     >>> [s.targets for s in km.plan(["layers.0.w", "layers.1.w"], {"n_layers": 2})]
     [('model.layers.0.w',), ('model.layers.1.w',)]
@@ -135,7 +135,7 @@ def check_dtypes(steps: Iterable[Step], meta: Callable[[str], tuple[tuple[int, .
     """Refuse, from dtypes alone, any source tensor a step would read that is not of a dtype its rule expects:
     integer, bool, complex or float8 where a floating-point weight belongs (int8 only for quantised weights).
 
-    >>> from harness.rules import Rename
+    >>> from harness.mapping.rules import Rename
     >>> step = Step(Rename("w", "w"), (), ("w",), ("w",))
     >>> check_dtypes([step], lambda k: ((2,), torch.int64))
     Traceback (most recent call last):

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from harness.config_map import ConfigMap
-from harness.file_regions import FileRegion, nbytes
-from harness.keymap import KeyMap, Step
-from harness.tensor_store import TensorStore
+from harness.io.file_regions import FileRegion, nbytes
+from harness.io.tensor_store import TensorStore
+from harness.mapping.config_map import ConfigMap
+from harness.mapping.keymap import KeyMap, Step
 
 __all__ = ["Converted", "SourceCheckpoint", "TensorSpec", "convert_with", "invert_with"]
 

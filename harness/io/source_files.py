@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConversionError
-from harness.sniff import describe_file, wide_text
-from harness.tensor_store import TensorStore, open_safetensors, open_torch
+from harness.io.sniff import describe_file, wide_text
+from harness.io.tensor_store import TensorStore, open_safetensors, open_torch
 
 __all__ = ["index_shards", "open_weights", "read_bytes", "read_json_config", "read_text"]
 

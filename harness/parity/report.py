@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from harness.parity import ParityResult
+from harness.parity.parity import ParityResult
 
 __all__ = ["SCHEMA", "environment", "record", "summary", "write_document", "write_json", "write_junit",
            "write_markdown"]

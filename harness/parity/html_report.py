@@ -3,7 +3,7 @@
 Verdict first; the matrix as a table coloured by each cell's margin to its bound; for every case a plot of the
 relative error per layer (embeddings, each block, logits) on a log scale, with the bound and, in low precision,
 the reference's own noise floor drawn in; the diagnosis where a case failed; then the environment, the exact
-command and the source hashes (``harness.report.environment``). Templating is jinja2
+command and the source hashes (``harness.parity.report.environment``). Templating is jinja2
 (``harness/templates/report.html.j2``), plots are pygal's inline SVG with its script left out.
 
 >>> _margin_class(None, "skip"), _margin_class(0.5, "FAIL"), _margin_class(2.0, "pass"), _margin_class(500, "pass")
@@ -134,10 +134,10 @@ def render(page: Page) -> str:
     """The page as one HTML document (CSS and SVG inline)."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("harness", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("harness.parity", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     if not page.environment:
-        from harness.report import environment
+        from harness.parity.report import environment
 
         page.environment = environment()
     svgs = {p.anchor: jinja2.utils.markupsafe.Markup(_svg(p)) for p in page.plots}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness import transforms
+from harness.mapping import transforms
 
 __all__ = [
     "CutVocab", "Dequantize", "Dims", "Drop", "GroupQKV", "Pattern", "Rename", "Rotary", "Rule", "Split", "Tie",

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.conversion import SourceCheckpoint
-from harness.parity import ParityResult, cuda_skip_reason, load_converted, make_tokens, run_parity
+from harness.mapping.conversion import SourceCheckpoint
+from harness.parity.parity import ParityResult, cuda_skip_reason, load_converted, make_tokens, run_parity
 from harness.registry import Case, Family
 from harness.runner import write_converted
 

@@ -6,7 +6,7 @@ converter would have produced it. Where the key table already says what a tensor
 ``Split`` of a fused projection, a ``CutVocab``), the mutant is derived from the rule: it re-runs that rule's
 steps with the bug planted. Otherwise it acts on transformers' parameter names and config fields, which are
 the same for every family. A mutant that finds nothing to act on leaves the conversion unchanged; the runner
-(``harness.mutate``) reports that case as not applicable.
+(``harness.mutation.runner``) reports that case as not applicable.
 
 Family-specific bugs (those of the transformers scripts this project replaces) live beside each family in
 ``converters/<family>/mutants.py`` and use the same helpers.
@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from harness import transforms
-from harness.conversion import Converted
-from harness.keymap import Step
-from harness.rules import CutVocab, GroupQKV, Rotary, Rule, Split
+from harness.mapping import transforms
+from harness.mapping.conversion import Converted
+from harness.mapping.keymap import Step
+from harness.mapping.rules import CutVocab, GroupQKV, Rotary, Rule, Split
 
 __all__ = [
     "MUTANTS", "Mutable", "Mutant", "config_items", "rerun", "set_config", "swap_blocks", "swap_names",

@@ -4,7 +4,7 @@ The shard plan is computed from names, shapes and dtypes alone; every shard's he
 before its data, so each tensor is written the moment it is produced and then freed: peak memory is about
 one tensor, whatever the size of the model or of a shard. A tensor whose bytes pass through unchanged arrives
 as a ``FileRegion`` and is copied from the source file in the kernel, never through Python. Everything goes
-into a temporary sibling directory (``harness.staging``) that is renamed into place at the end; a failure
+into a temporary sibling directory (``harness.io.staging``) that is renamed into place at the end; a failure
 removes it, leaving nothing behind.
 """
 
@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from harness.conversion import TensorSpec
 from harness.errors import ConversionError
-from harness.file_regions import FileRegion, copy_region
-from harness.staging import staged_directory
+from harness.io.file_regions import FileRegion, copy_region
+from harness.io.staging import staged_directory
+from harness.mapping.conversion import TensorSpec
 
 __all__ = ["Payload", "ShardPlan", "parse_size", "plan_shards", "write_model_dir"]
 

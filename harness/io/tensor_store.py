@@ -19,8 +19,8 @@ import torch
 from safetensors import safe_open
 
 from harness.errors import ConversionError, brief
-from harness.file_regions import FileRegion, safetensors_regions, torch_zip_regions
-from harness.sniff import container, describe_file
+from harness.io.file_regions import FileRegion, safetensors_regions, torch_zip_regions
+from harness.io.sniff import container, describe_file
 
 __all__ = ["SAFETENSORS_DTYPES", "TensorMeta", "TensorStore", "load_pickle", "open_safetensors", "open_torch",
            "state_dict_problem"]
@@ -77,7 +77,7 @@ class TensorStore(Mapping[str, torch.Tensor]):
         """``name`` memory-mapped in place where its file allows it (nothing read or copied yet), else loaded.
 
         Views of a mapped tensor keep pointing into the file, which is how the writer recognises bytes it can
-        copy file to file (``harness.file_regions``).
+        copy file to file (``harness.io.file_regions``).
         """
         region = self.regions.get(name)
         return region.mapped() if region is not None else self[name]
@@ -239,7 +239,7 @@ def _get_tensor(handle: Any, path: Path, name: str) -> torch.Tensor:
 
 
 # Every dtype name of the safetensors format that torch can hold. Which of them a conversion accepts is decided
-# per rule at plan time (harness.keymap.check_dtypes): an unused buffer may be of any dtype.
+# per rule at plan time (harness.mapping.keymap.check_dtypes): an unused buffer may be of any dtype.
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "C64": torch.complex64,

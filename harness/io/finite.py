@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from harness.errors import ConversionError
-from harness.file_regions import FileRegion
+from harness.io.file_regions import FileRegion
 
 __all__ = ["count_nonfinite", "refuse_nonfinite"]
 
