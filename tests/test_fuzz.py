@@ -50,7 +50,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list[P
         if name not in cache:
             fam = FAMILIES[name]
             cache[name] = [Pristine.build(fam, c, tmp_path_factory.mktemp(f"pristine-{name}-{c}") / "src")
-                           for c in fam.CASES]
+                           for c in fam.cases]
         return cache[name]
     return get
 
