@@ -39,8 +39,8 @@ CONFIG = ConfigMap(
         Field("max_position_embeddings", "max_position_embeddings", default=DEFAULTS["max_position_embeddings"],
               kind=PositiveInt),
         # F.gelu(approximate="tanh") since 0a7afad (L206-212); --gelu exact for the Feb-2024 code (09eee7b L197).
-        Field("hidden_activation", "hidden_act", default="gelu_tanh", to_target=lambda v, c: _ACT[v],
-              to_source=lambda v, c: {hf: ours for ours, hf in _ACT.items()}[v], kind=OneOf(*_ACT)),
+        Field("hidden_activation", "hidden_act", default="gelu_tanh", to_target=lambda v: _ACT[v],
+              to_source=lambda v: {hf: ours for ours, hf in _ACT.items()}[v], kind=OneOf(*_ACT)),
     ],
     fixed={
         "model_type": "gemma",

@@ -40,8 +40,8 @@ CONFIG = ConfigMap(
         Field("moe.num_experts", "num_local_experts", kind=Count),
         Field("moe.num_experts_per_tok", "num_experts_per_tok", kind=PositiveInt),
         # L312 `self.args.rope_theta or 1000000.0`: absent, null or 0 means 1e6 (the 8x7B params.json has none).
-        Field("rope_theta", "rope_theta", default=1e6, to_target=lambda v, c: float(v or 1e6),
-              kind=Optional(NonNegativeFloat)),
+        Field("rope_theta", "rope_theta", default=1e6, to_target=lambda v: float(v or 1e6),
+              kind=Optional(NonNegativeFloat), lossy="absent, null or 0 comes back as 1e6"),
     ],
     fixed={
         "model_type": "mixtral",
