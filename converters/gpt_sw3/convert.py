@@ -16,7 +16,7 @@ from harness.errors import ConversionError
 from harness.mapping.config_kinds import Bool, Count, Divides, NotAbove, Optional, PositiveFloat, PositiveInt, Valid
 from harness.mapping.config_map import REQUIRED, ConfigMap, Field
 from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.mapping.keymap import KeyMap
+from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import CutVocab, Drop, GroupQKV, Rename, Tie, Transpose
 
 __all__ = ["CONFIG", "IGNORED", "KEYS", "ONNX_SAFE_NOTE", "convert", "invert"]
@@ -111,7 +111,7 @@ def _dims(c: Mapping[str, Any]) -> dict[str, int]:
             "padded_vocab_size": padded}
 
 
-KEYS = KeyMap(
+KEYS = Layouts("gpt_sw3", KeyMap(
     [
         CutVocab(P + "embedding.word_embeddings.weight", "transformer.wte.weight"),  # padded rows (fact 12)
         Rename(P + "embedding.position_embeddings.weight", "transformer.wpe.weight"),
@@ -137,7 +137,7 @@ KEYS = KeyMap(
     ],
     ranges={"layer": "num_layers"},
     dims=_dims,
-)
+), title="GPT-SW3")
 
 
 def convert(source: SourceCheckpoint) -> Converted:
@@ -145,7 +145,7 @@ def convert(source: SourceCheckpoint) -> Converted:
     completed = CONFIG.complete(source.config)  # every value of the right kind first
     _check_gpt2_can_compute(source.config)
     expected = shapes({**source.config, "padded_vocab_size": _dims(completed)["padded_vocab_size"]})
-    converted = convert_with(source, CONFIG, KEYS, expected)
+    converted = convert_with(source, CONFIG, KEYS.pick(source.layout), expected)
     if completed["onnx_safe"] and not completed["openai_gelu"]:
         converted.notes.append(ONNX_SAFE_NOTE)
     return converted
@@ -159,7 +159,7 @@ ONNX_SAFE_NOTE = ("onnx_safe: Megatron's erf_gelu divides by 1.41421, not sqrt(2
 
 def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
     """A GPT-2 state dict back to NeMo's layout; padding rows come back as zeros."""
-    return invert_with(config, tensors, CONFIG, KEYS)
+    return invert_with(config, tensors, CONFIG, KEYS.pick("default"))
 
 
 # NeMo cfg values (NeMo 1.16 yaml defaults) outside which the network is not GPT-2 (facts 5, 6, 10, 11).

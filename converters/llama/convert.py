@@ -21,7 +21,7 @@ from converters.llama.tokenizer import EXTRA, available, convert_tokenizer
 from harness.mapping.config_kinds import AnyOf, Bool, Count, OneOf, Optional, PositiveFloat, PositiveInt
 from harness.mapping.config_map import ConfigMap, Field
 from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.mapping.keymap import KeyMap
+from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Drop, MergeRanks, MergeRotary, Replicated
 
 __all__ = ["CONFIG", "KEYS", "LLAMA31_ROPE", "convert", "invert"]
@@ -113,14 +113,15 @@ def _dims(c: Mapping[str, Any]) -> dict[str, int]:
     return {k: v for k, v in sizes(dict(c)).items() if k in ("n_layers", "n_heads", "n_kv_heads", "head_dim")}
 
 
-KEYS = {
+# A source that names no layout (one rank file cannot tell) gets the one its params.json implies: see convert.
+KEYS = Layouts("llama", {
     # ParallelEmbedding: each rank holds every row, dim/ranks columns (L2 437-439).
     "llama2": KeyMap([MergeRanks("tok_embeddings.weight", "model.embed_tokens.weight", dim=1), *_BLOCKS],
                      _RANGES, _dims),
     # VocabParallelEmbedding: each rank holds vocab/ranks whole rows (L3 264).
     "llama3": KeyMap([MergeRanks("tok_embeddings.weight", "model.embed_tokens.weight", dim=0), *_BLOCKS],
                      _RANGES, _dims),
-}
+}, default="llama2", title="Llama")
 
 
 def convert(source: SourceCheckpoint) -> Converted:
@@ -131,15 +132,15 @@ def convert(source: SourceCheckpoint) -> Converted:
     (and checked against Meta's own library where the ``tokenizer`` extra is installed).
     """
     CONFIG.complete(source.config)  # every field's kind checked before any value is used
-    layout = source.layout if source.layout in KEYS else generation(source.config)
+    keys = KEYS.pick(generation(source.config) if source.layout == "default" else source.layout)
     config, notes = dict(source.config), list(source.notes)
     if config.get("vocab_size", -1) <= 0 and "output.weight" in source.tensors:
         shape = source.tensors.meta("output.weight")[0]  # (ranks, rows, dim): the ledger checks the rest
         config["vocab_size"] = shape[0] * shape[1] if len(shape) == 3 else -1
         notes.append(f"params.json vocab_size {source.config.get('vocab_size')}: {config['vocab_size']} from "
                      "output.weight")
-    expected = shapes(CONFIG.complete(config), layout, model_parallel_size(source.tensors))
-    converted = convert_with(replace(source, config=config, notes=notes), CONFIG, KEYS[layout], expected)
+    expected = shapes(CONFIG.complete(config), keys.layout, model_parallel_size(source.tensors))
+    converted = convert_with(replace(source, config=config, notes=notes), CONFIG, keys, expected)
     folder = source.path if source.path is None or source.path.is_dir() else source.path.parent
     if folder is not None and (folder / TOKENIZER).is_file():
         checked = available(folder / TOKENIZER)
@@ -152,4 +153,4 @@ def convert(source: SourceCheckpoint) -> Converted:
 def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
     """A transformers Llama state dict back to one rank file's worth of Meta's layout (``write`` reshards)."""
     layout = generation(CONFIG.to_source(config))
-    return invert_with(config, tensors, CONFIG, KEYS[layout], layout=layout)
+    return invert_with(config, tensors, CONFIG, KEYS.pick(layout), layout=layout)

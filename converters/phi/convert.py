@@ -29,7 +29,7 @@ from harness.mapping.config_kinds import (
 )
 from harness.mapping.config_map import REQUIRED, ConfigMap, Field
 from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.mapping.keymap import KeyMap
+from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Drop, Rename, RenameAt, RuleLike, Split
 
 __all__ = ["CONFIG", "KEYS", "convert", "invert"]
@@ -147,6 +147,7 @@ def _table(embed: str, block: str, head: str, at: str | None = None) -> list[Rul
         # Wqkv rows are [Q | K | V], each head-major (msft:594, 633-637): a plain row split, NOT per-head interleaved.
         rules.append(Split(f"{block}.mixer.Wqkv.{p}", [f"{_ATTN}.{x}_proj.{p}" for x in "qkv"],
                            heads="n_head", kv_heads="n_head_kv"))
+    for p in ("weight", "bias"):
         for src, dst in ((f"{head}.ln.{p}", f"model.final_layernorm.{p}"), (f"{head}.linear.{p}", f"lm_head.{p}")):
             rules.append(Rename(src, dst) if at is None else RenameAt(src, dst, at=at))  # msft:798-803
     return rules
@@ -154,20 +155,20 @@ def _table(embed: str, block: str, head: str, at: str | None = None) -> list[Rul
 
 _MIXFORMER = KeyMap(_table("layers.0.wte.weight", "layers.{layer+1}", "layers.{head}", at="head"),
                     {"layer": "n_layer", "head": lambda d: [d["n_layer"] + 1]}, sizes)  # mix:817-821
-KEYS = {
+KEYS = Layouts("phi", {
     "phi-msft": KeyMap(_table("transformer.embd.wte.weight", "transformer.h.{layer}", "lm_head"),
                        {"layer": "n_layer"}, sizes),  # msft:895-896, 933-934
     "mixformer-sequential": _MIXFORMER,
     "mixformer-v0": _MIXFORMER,  # same keys plus the inv_freq buffers that _DROP removes
-}
+}, default="phi-msft", title="Phi")
 
 
 def convert(source: SourceCheckpoint) -> Converted:
     """Config and tensor stream for ``PhiForCausalLM``; the ledger checks keys and shapes first."""
-    layout = source.layout if source.layout in KEYS else "phi-msft"
-    return convert_with(source, CONFIG, KEYS[layout], shapes(CONFIG.complete(source.config), layout))
+    keys = KEYS.pick(source.layout)
+    return convert_with(source, CONFIG, keys, shapes(CONFIG.complete(source.config), keys.layout))
 
 
 def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
     """A transformers Phi state dict back to the phi-msft layout (the newer of the two)."""
-    return invert_with(config, tensors, CONFIG, KEYS["phi-msft"], layout="phi-msft")
+    return invert_with(config, tensors, CONFIG, KEYS.pick("phi-msft"), layout="phi-msft")
