@@ -74,7 +74,7 @@ class Pristine:
 
     def _kind(self, name: str) -> Kind | None:
         cm = self.config_map
-        kinds = [f.kind for f in cm.fields if f.source == name and f.kind is not None]
+        kinds = [kind] if (kind := cm.kind(name)) is not None else []
         kinds += [c.kind for c in cm.checks if isinstance(c, Valid) and c.field == name]
         return kinds[0] if kinds else None
 
