@@ -141,14 +141,14 @@ def describe(args: argparse.Namespace) -> int:
     fam = family(args.family)
     print(f"{fam.name}: {fam.about}\n\nconfig ({fam.config.name} -> config.json):")
     for f in fam.config.fields:
-        print(f"  {f.source:<28} -> {f.target}")
+        print(f"  {f.source:<28} -> {f.target}" + (f"    (inverse lossy: {f.lossy})" if f.lossy else ""))
     for k, v in fam.config.fixed.items():
         print(f"  {'(fixed)':<28} -> {k} = {v!r}")
     for k, why in fam.config.ignored.items():
         print(f"  {k:<28}    ignored: {why}")
-    tables = fam.keys if isinstance(fam.keys, dict) else {"keys": fam.keys}
-    for layout, keymap in tables.items():
-        print(f"\nkeys ({layout}):")
+    for layout, keymap in fam.keys.items():
+        which = "" if len(fam.keys) == 1 else f" ({layout}{', the default' if layout == fam.keys.default else ''})"
+        print(f"\nkeys{which}:")
         for rule in keymap.rules + keymap.drops + keymap.ties:
             print(f"  {rule!r}")
     return 0

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.mapping.config_map import ConfigMap
 from harness.mapping.conversion import Converted, SourceCheckpoint
+from harness.mapping.keymap import Layouts
 
 if TYPE_CHECKING:  # annotations only: the mutation layer sits above this one and imports it
     from harness.mutation.planting import Mutant
@@ -67,7 +68,7 @@ class Family:
     tiny: Callable[..., SourceCheckpoint]
     shapes: Callable[..., dict[str, tuple[int, ...]]]
     config: ConfigMap
-    keys: Any  # harness.mapping.keymap.Layouts once every family declares its layouts
+    keys: Layouts
     convert: Callable[[SourceCheckpoint], Converted]
     invert: Callable[[dict[str, Any], dict[str, Any]], SourceCheckpoint]
     reference: Callable[..., Any]
