@@ -1,21 +1,27 @@
-"""Run one conversion end to end: read the source, convert, cast, stream into the output directory."""
+"""Run one conversion end to end: read the source, convert, cast, stream into the output directory.
+
+A conversion that only moves bytes (``harness.mapping.raw_conversion``) is planned and written without torch; any other
+is planned on the meta device and its computed tensors are written from memory.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
 from harness.io.finite import refuse_nonfinite
+from harness.io.raw_dtypes import BY_NAME, CAST_DTYPES
 from harness.io.staging import remove_stale_partials
 from harness.io.writer import ShardPlan, write_model_dir
 from harness.mapping.conversion import Converted, TensorSpec
 from harness.mapping.keymap import check_dtypes
-from harness.parity.metrics import DTYPES
-from harness.registry import Family
+from harness.mapping.raw_conversion import raw_conversion
+
+if TYPE_CHECKING:
+    from harness.registry import Family
 
 __all__ = ["DEFAULT_SHARD_SIZE", "convert_checkpoint", "write_converted"]
 
@@ -52,14 +58,18 @@ def write_converted(converted: Converted, output: Path, *, dtype: str | None = N
     NaN/Inf weights are refused (ConversionError, nothing written) unless ``allow_nonfinite``; then they are
     written as they are and named in ``converted.notes``.
     """
-    if dtype is not None and dtype not in DTYPES:
-        raise ConversionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    target = DTYPES[dtype] if dtype else None
-    check_dtypes(converted.steps, converted.source.meta, converted.source.origins)  # before any rule runs
-    specs = [_cast_spec(s, target) for s in converted.plan()]
+    if dtype is not None and dtype not in CAST_DTYPES:
+        raise ConversionError(f"unknown dtype {dtype!r}; choose one of {', '.join(CAST_DTYPES)}")
+    raw = raw_conversion(converted, dtype)
+    if raw is not None:  # bytes only: no torch
+        specs, payloads = raw.specs, raw.payloads()
+    else:
+        check_dtypes(converted.steps, converted.source.meta, converted.source.origins)  # before any rule runs
+        target = BY_NAME[dtype].torch() if dtype else None
+        specs, payloads = [_cast_spec(s, target) for s in converted.plan()], converted.payloads()
     floats = [s.dtype for s in specs if s.dtype.is_floating_point]
-    config = {**converted.config, "dtype": str(target or (floats[0] if floats else torch.float32))[6:]}
-    stream = refuse_nonfinite(converted.payloads(), allow=allow_nonfinite, notes=converted.notes)
+    config = {**converted.config, "dtype": dtype or str(floats[0] if floats else "torch.float32")[6:]}
+    stream = refuse_nonfinite(payloads, allow=allow_nonfinite, notes=converted.notes)
     total = sum(s.nbytes for s in specs)
     files = converted.files() if converted.files is not None else {}  # a bad one fails before any tensor is read
     try:
@@ -70,7 +80,7 @@ def write_converted(converted: Converted, output: Path, *, dtype: str | None = N
         raise ConversionError(f"I/O error while converting into {output}: {err.strerror or err}{where}") from None
 
 
-def _cast_spec(spec: TensorSpec, dtype: torch.dtype | None) -> TensorSpec:
+def _cast_spec(spec: TensorSpec, dtype: Any) -> TensorSpec:
     if dtype is None or not spec.dtype.is_floating_point:
         return spec
     return TensorSpec(spec.name, spec.shape, dtype)

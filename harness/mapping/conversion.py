@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.io.file_regions import FileRegion, nbytes
 from harness.io.tensor_store import TensorStore
 from harness.mapping.config_map import ConfigMap
 from harness.mapping.keymap import KeyMap, Step
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Converted", "SourceCheckpoint", "TensorSpec", "convert_with", "invert_with"]
 
@@ -37,6 +38,8 @@ class SourceCheckpoint:
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """One output tensor's name, shape and dtype (a ``torch.dtype``, or a ``RawDType`` on the torch-free path)."""
+
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
@@ -79,6 +82,8 @@ class Converted:
                 yield name, _region_of(out, inputs, regions) or out
 
     def plan(self) -> list[TensorSpec]:
+        import torch
+
         specs = []
         for step in self.steps:
             metas = [self.source.meta(k) for k in step.sources]
@@ -104,7 +109,7 @@ def convert_with(source: SourceCheckpoint, config_map: ConfigMap, key_map: KeyMa
     """Map a source checkpoint through a family's config table and key table, checking the ledger."""
     hf_config = config_map.to_target(source.config)
     dims = key_map.dims(config_map.complete(source.config))
-    shapes = {k: source.tensors.meta(k)[0] for k in source.tensors}
+    shapes = {k: source.tensors.raw_meta(k)[0] for k in source.tensors}
     steps = key_map.plan(source.tensors.keys(), dims, expected_shapes, shapes)
     return Converted(hf_config, steps, source.tensors, dims, list(source.notes))
 

@@ -6,9 +6,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from harness.io.raw_dtypes import CAST_DTYPES
+
 __all__ = ["DTYPES", "TOLERANCES", "Metrics", "Tolerance", "compare_logits", "tolerance_for"]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in CAST_DTYPES}
 
 
 @dataclass(frozen=True)
