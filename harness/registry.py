@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import converters
 from harness.errors import ConversionError
 
-__all__ = ["REQUIRED_NAMES", "Case", "Family", "families", "family"]
+__all__ = ["REQUIRED_NAMES", "Case", "Family", "families", "family", "family_about", "family_names"]
 
 # What every converters/<family>/__init__.py exports (STYLE rule 1).
 REQUIRED_NAMES = ("read", "write", "tiny", "CASES", "SIZES", "convert", "invert", "forward")
@@ -57,9 +59,27 @@ def families() -> dict[str, Family]:
     return found
 
 
+def family_names() -> list[str]:
+    """The families' folder names, sorted, without importing any of them.
+
+    >>> "mixtral" in family_names()
+    True
+    """
+    return sorted(i.name for i in pkgutil.iter_modules(converters.__path__) if i.ispkg and not i.name.startswith("_"))
+
+
+def family_about(name: str) -> str:
+    """The first line of a family's docstring, read from its ``__init__.py`` without importing it (for --help)."""
+    for folder in converters.__path__:
+        init = Path(folder) / name / "__init__.py"
+        if init.is_file():
+            return ((ast.get_docstring(ast.parse(init.read_text())) or "").strip().splitlines() or [""])[0]
+    return ""
+
+
 def family(name: str) -> Family:
     """One family by name; an unknown name is a ConversionError listing the known ones."""
-    known = [i.name for i in pkgutil.iter_modules(converters.__path__) if i.ispkg]
+    known = family_names()
     if name not in known:
         raise ConversionError(f"unknown family {name!r}; known families: {', '.join(sorted(known))}")
     return _load(name)

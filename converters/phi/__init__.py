@@ -1,8 +1,10 @@
 """Phi (Microsoft's original phi-msft / mixformer-sequential checkpoints) -> transformers PhiForCausalLM."""
 
 from converters.phi.convert import convert, invert
-from converters.phi.reference import forward
 from converters.phi.source import CASES, SIZES, read, shapes, tiny, write
+from harness.mapping.lazy import lazy_function
+
+forward = lazy_function("converters.phi.reference", "forward")  # torch loads when it runs
 
 # What `convert`/`verify` fetch for a Hub id as SOURCE: config.json +
 # pytorch_model.bin / model.safetensors / shards + index (source.read).
