@@ -13,6 +13,10 @@ import torch
 from safetensors.torch import save_file
 
 from harness import runner
+from harness.io import row_gather
+from harness.io.file_regions import FileRegion
+from harness.io.raw_dtypes import BY_NAME
+from harness.io.row_gather import RowGather, write_gather
 from harness.io.safetensors_index import index_safetensors
 from harness.io.stored_tensor import NotIndexableError
 from harness.io.torch_zip_index import index_torch_zip
@@ -125,3 +129,23 @@ def test_the_safetensors_index_checks_the_header(tmp_path: Path) -> None:
     (tmp_path / "long.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + raw[8:])
     with pytest.raises(NotIndexableError, match="header length"):
         index_safetensors(tmp_path / "long.safetensors")
+
+
+@pytest.mark.parametrize(("buffer", "kernel_run"), [(1 << 24, 1 << 20), (64, 40), (64, 1 << 20)],
+                         ids=["default", "small-buffer-and-kernel-runs", "small-buffer"])
+def test_a_row_gather_writes_its_parts_in_order(tmp_path: Path, buffer: int, kernel_run: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(row_gather, "_BUFFER", buffer)
+    monkeypatch.setattr(row_gather, "_KERNEL_RUN", kernel_run)
+    data = bytes(torch.randint(0, 256, (4000,), dtype=torch.uint8).tolist())
+    (tmp_path / "a").write_bytes(data)
+    (tmp_path / "b").write_bytes(data[::-1])
+    u8 = BY_NAME["uint8"]
+    spans = [("a", 0, 10), ("b", 5, 50), ("a", 10, 3), ("a", 13, 7), ("a", 100, 1000), ("b", 0, 5), ("a", 30, 60)]
+    parts = tuple(FileRegion(tmp_path / f, off, (n,), u8) for f, off, n in spans)
+    gather = RowGather(parts, (sum(n for _, _, n in spans),), u8)
+    with open(tmp_path / "out", "wb+") as f:
+        f.write(b"\xff" * 7)
+        write_gather(gather, f.fileno(), 7)
+    source = {"a": data, "b": data[::-1]}
+    assert (tmp_path / "out").read_bytes() == b"\xff" * 7 + b"".join(source[f][o: o + n] for f, o, n in spans)

@@ -61,12 +61,12 @@ def write_gather(gather: RowGather, fd: int, offset: int) -> None:
     for part in gather.parts:
         if part.nbytes >= _KERNEL_RUN or used + part.nbytes > len(buf):
             _flush(buf, pending, fd, start, used)
-            pending, used = [], 0
-            if part.nbytes >= _KERNEL_RUN or part.nbytes > len(buf):
-                copy_region(part, fd, offset)
-                offset += part.nbytes
-                start = offset
-                continue
+            pending, used, start = [], 0, offset
+        if part.nbytes >= _KERNEL_RUN or part.nbytes > len(buf):
+            copy_region(part, fd, offset)
+            offset += part.nbytes
+            start = offset
+            continue
         pending.append((part, used))
         used += part.nbytes
         offset += part.nbytes
