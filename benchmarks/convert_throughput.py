@@ -3,16 +3,17 @@
 Run on purpose (it writes several GB per path); prints a table, asserts nothing:
 
     python benchmarks/convert_throughput.py --gb 3.4 --workdir /tmp/convparity-bench
-    python benchmarks/convert_throughput.py --paths experts,fused --runs 2 --repo /path/to/older/checkout
+    python benchmarks/convert_throughput.py --paths experts,fused --runs 2 --repo /path/to/older/checkout --repo .
 
 Paths: ``experts`` (Mixtral, 8 ``consolidated.NN.pt``, per-expert keys: every byte but q/k is a rename),
 ``fused`` (the Hub's fused layout: w2's row blocks transposed), ``safetensors`` (one
 ``consolidated.safetensors``), ``cast`` (``experts`` converted with ``--dtype float16``), ``gemma`` (one
 ``model.ckpt`` pickle, fused qkv split by rows) and, where the family exists, ``llama-mp8`` (8 model-parallel
 rank files merged). Each measurement is the best of ``--runs`` runs, alternating ``cp -r``, ``cat`` into one
-file, and ``convparity convert``, each followed by ``sync`` (warm page cache for all three). ``convparity
-convert`` runs in a child process whose memory is sampled every 20 ms: peak RSS includes file-backed pages of
-the memory-mapped source, peak anon is what the process allocated.
+file, and ``convparity convert`` of each ``--repo`` (several checkouts: a before/after table from one run), each
+followed by ``sync`` (warm page cache for all). ``convparity convert`` runs in a child process whose memory is
+sampled every 20 ms: peak RSS includes file-backed pages of the memory-mapped source, peak anon is what the
+process allocated.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ def main() -> None:
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=2, help="runs per measurement, best kept (default 2)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/convparity-bench"))
-    parser.add_argument("--repo", type=Path, default=ROOT,
-                        help="checkout whose convparity is measured (default: this one), e.g. an older commit")
+    parser.add_argument("--repo", type=Path, action="append",
+                        help="checkout whose convparity is measured (default: this one); repeat to compare checkouts "
+                             "in the same run, e.g. an older commit and this one")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    print(f"{'path':<12} {'GB':>5} {'cp s':>6} {'cat s':>6} {'convert s':>9} {'x cp':>5} {'x cat':>5} "
+    repos = [r.resolve() for r in args.repo or [ROOT]]
+    print(f"{'path':<12} {'repo':<16} {'GB':>5} {'cp s':>6} {'cat s':>6} {'convert s':>9} {'x cp':>5} {'x cat':>5} "
           f"{'peak RSS GiB':>12} {'peak anon GiB':>13}", flush=True)
     for path in args.paths.split(","):
         build = _BUILDERS.get(path)
@@ -59,35 +62,47 @@ def main() -> None:
                 print(f"{path:<12} skipped: the family is not installed", flush=True)
                 continue
             family, options = made
-            _measure(path, family, options, workdir, args.runs, args.repo)
+            _measure(path, family, options, workdir, args.runs, repos)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _measure(path: str, family: str, options: list[str], workdir: Path, runs: int, repo: Path) -> None:
+def _measure(path: str, family: str, options: list[str], workdir: Path, runs: int, repos: list[Path]) -> None:
     source = workdir / "source"
     size = sum(f.stat().st_size for f in source.iterdir())
     files = sorted(str(f) for f in source.iterdir())
-    cp, cat, convert, peaks = [], [], [], {"VmRSS": 0, "RssAnon": 0}
+    cp: list[float] = []
+    cat: list[float] = []
+    convert: dict[Path, list[float]] = {repo: [] for repo in repos}
+    peaks = {repo: {"VmRSS": 0, "RssAnon": 0} for repo in repos}
     for _ in range(runs):
         cp.append(_timed(["cp", "-r", str(source), str(workdir / "copy")]))
         shutil.rmtree(workdir / "copy")
         cat.append(_timed(["sh", "-c", 'cat "$@" > "$0"', str(workdir / "cat.bin"), *files]))
         (workdir / "cat.bin").unlink()
-        cmd = [sys.executable, "-m", "harness.cli", "convert", family, str(source), str(workdir / "hf"), "--quiet",
-               *options]
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
-        run_peaks = sample_memory(proc)
-        if proc.returncode != 0:
-            sys.exit(f"{path}: conversion failed with exit status {proc.returncode}")
-        subprocess.run(["sync"], check=True)
-        convert.append(time.perf_counter() - start)
-        peaks = {k: max(v, run_peaks[k]) for k, v in peaks.items()}
-        shutil.rmtree(workdir / "hf")
-    best_cp, best_cat, best = min(cp), min(cat), min(convert)
-    print(f"{path:<12} {size / 1e9:5.2f} {best_cp:6.2f} {best_cat:6.2f} {best:9.2f} {best_cp / best:5.2f} "
-          f"{best_cat / best:5.2f} {peaks['VmRSS'] / 2**20:12.2f} {peaks['RssAnon'] / 2**20:13.2f}", flush=True)
+        for repo in repos:
+            seconds, run_peaks = _convert(path, repo, [family, str(source), str(workdir / "hf"), *options])
+            convert[repo].append(seconds)
+            peaks[repo] = {k: max(v, run_peaks[k]) for k, v in peaks[repo].items()}
+            shutil.rmtree(workdir / "hf")
+    best_cp, best_cat = min(cp), min(cat)
+    for repo in repos:
+        best, peak = min(convert[repo]), peaks[repo]
+        print(f"{path:<12} {repo.name[-16:]:<16} {size / 1e9:5.2f} {best_cp:6.2f} {best_cat:6.2f} {best:9.2f} "
+              f"{best_cp / best:5.2f} {best_cat / best:5.2f} {peak['VmRSS'] / 2**20:12.2f} "
+              f"{peak['RssAnon'] / 2**20:13.2f}", flush=True)
+
+
+def _convert(path: str, repo: Path, args: list[str]) -> tuple[float, dict[str, int]]:
+    """Seconds of one ``convparity convert`` (in ``repo``, then ``sync``) and its peak memory."""
+    cmd = [sys.executable, "-m", "harness.cli", "convert", *args, "--quiet"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    peaks = sample_memory(proc)
+    if proc.returncode != 0:
+        sys.exit(f"{path}: conversion in {repo} failed with exit status {proc.returncode}")
+    subprocess.run(["sync"], check=True)
+    return time.perf_counter() - start, peaks
 
 
 def _timed(cmd: list[str]) -> float:

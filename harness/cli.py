@@ -1,4 +1,8 @@
-"""The ``convparity`` command line: the parser and the entry point; ``harness.commands`` does the work."""
+"""The ``convparity`` command line: the parser and the entry point; ``harness.commands`` does the work.
+
+Building the parser imports no family and no torch: families are listed by folder name with their docstrings'
+first lines, and only the family a ``convert``/``verify`` command names is imported, for its own options.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,9 @@ from pathlib import Path
 
 from harness import commands
 from harness.errors import ConversionError, brief
-from harness.mapping.conversion import DEFAULT_SHARD_SIZE
-from harness.parity.metrics import DTYPES
-from harness.parity.parity import devices
-from harness.registry import families
+from harness.io.raw_dtypes import CAST_DTYPES
+from harness.mapping.output import DEFAULT_SHARD_SIZE
+from harness.registry import family, family_about, family_names
 from harness.signals import Terminated, signals_as_exceptions
 
 __all__ = ["main"]
@@ -35,7 +38,8 @@ _EPILOG = """examples:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``convparity`` console script; returns the exit status."""
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(_chosen_family(argv))
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("CONVPARITY_DEBUG", "") not in ("", "0")
     try:
@@ -70,7 +74,21 @@ def _one_line(message: object) -> str:
     return " | ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
-def _parser() -> argparse.ArgumentParser:
+def _chosen_family(argv: Sequence[str]) -> str | None:
+    """FAMILY of ``convert FAMILY ...`` or ``verify FAMILY ...``: the one family whose options the parser needs.
+
+    >>> _chosen_family(["--debug", "convert", "mixtral", "src", "out"]), _chosen_family(["convert", "--help"])
+    ('mixtral', None)
+    """
+    words = [a for a in argv if not a.startswith("-")]
+    return words[1] if len(words) > 1 and words[0] in ("convert", "verify") and words[1] in family_names() else None
+
+
+def _family_options(name: str, chosen: str | None) -> dict[str, dict]:
+    return dict(family(name).options) if name == chosen else {}
+
+
+def _parser(chosen: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convparity", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         description="Convert upstream LM checkpoints to transformers, and prove by forward-pass parity that "
@@ -84,14 +102,15 @@ def _parser() -> argparse.ArgumentParser:
                                          "AutoModelForCausalLM.from_pretrained loads. Nothing is written on "
                                          "error; OUTPUT must not exist.")
     per_family = convert.add_subparsers(title="families", required=True, metavar="FAMILY")
-    for name, fam in families().items():
-        p = per_family.add_parser(name, help=fam.about, description=fam.about)
+    for name in family_names():
+        about = family_about(name)
+        p = per_family.add_parser(name, help=about, description=about)
         p.add_argument("source", type=Path, metavar="SOURCE",
                        help="the checkpoint as upstream ships it: a weights file, or the directory holding it")
         p.add_argument("output", type=Path, metavar="OUTPUT", help="directory to create (must not exist)")
         p.add_argument("--config", type=Path, metavar="FILE", help="upstream config file to use instead of the "
                                                                    "one beside the weights")
-        p.add_argument("--dtype", choices=list(DTYPES), help="cast floating tensors (default: as stored)")
+        p.add_argument("--dtype", choices=list(CAST_DTYPES), help="cast floating tensors (default: as stored)")
         p.add_argument("--max-shard-size", default=str(DEFAULT_SHARD_SIZE), metavar="SIZE",
                        help="largest shard file, e.g. 5GB (default), 500MB, 2GiB")
         p.add_argument("--revision", metavar="REV", help="with a Hub repository id (owner/name) as SOURCE: the branch, "
@@ -99,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--allow-nonfinite", action="store_true",
                        help="write NaN/Inf weights as they are, with a warning (default: refuse, naming them)")
-        for flag, spec in fam.options.items():
+        for flag, spec in _family_options(name, chosen).items():
             p.add_argument(flag, **spec)
         p.add_argument("--verify", action="store_true", help="then verify OUTPUT against SOURCE, as `convparity "
                                                                  "verify` does (options below); exit 1 if it fails")
@@ -148,8 +167,9 @@ def _parser() -> argparse.ArgumentParser:
                             description=_VERIFY_ABOUT, epilog=_VERIFY_EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     per_family_verify = verify.add_subparsers(title="families", required=True, metavar="FAMILY")
-    for name, fam in families().items():
-        p = per_family_verify.add_parser(name, help=fam.about, description=f"{fam.about}\n\n{_VERIFY_ABOUT}",
+    for name in family_names():
+        about = family_about(name)
+        p = per_family_verify.add_parser(name, help=about, description=f"{about}\n\n{_VERIFY_ABOUT}",
                                          epilog=_VERIFY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("source", type=Path, metavar="SOURCE", help="the original checkpoint, as `convert` takes it")
         p.add_argument("converted", type=Path, metavar="CONVERTED",
@@ -161,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
                        "into CONVERTED; where one exists, check its hashes and reproduce its verdict instead")
         p.add_argument("--config", type=Path, metavar="FILE", help="upstream config file to use instead of the "
                                                                    "one beside the weights (as for convert)")
-        for flag, spec in fam.options.items():
+        for flag, spec in _family_options(name, chosen).items():
             p.add_argument(flag, **spec)
         _add_verify_options(p)
         p.set_defaults(run=commands.verify, family=name)
@@ -174,9 +194,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_matrix_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--devices", default=",".join(devices()),
-                        help="comma-separated (default: %(default)s; cuda is skipped, with the reason, where absent)")
-    parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--devices", help="comma-separated (default: cpu, and cuda where present; cuda is skipped, "
+                                          "with the reason, where absent)")
+    parser.add_argument("--dtypes", default=",".join(CAST_DTYPES), help="comma-separated (default: %(default)s)")
 
 
 _VERIFY_ABOUT = """\

@@ -6,13 +6,16 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from harness.errors import ConversionError
+from harness.io.raw_dtypes import CAST_DTYPES as DTYPES
 from harness.io.writer import parse_size
-from harness.parity.metrics import DTYPES
-from harness.parity.parity import ParityResult, devices
 from harness.registry import Family, families, family
 from harness.terminal import colour, paint_status
+
+if TYPE_CHECKING:  # the parity layer (torch, transformers) loads only for the commands that run it
+    from harness.parity.parity import ParityResult
 
 __all__ = ["check", "convert", "describe", "gate", "list_families", "mutate", "verify"]
 
@@ -89,7 +92,7 @@ def check(args: argparse.Namespace) -> int:
 
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
     dtypes = _choices(args.dtypes, DTYPES, "dtype")
-    devs = _choices(args.devices, devices(), "device")
+    devs = _devices(args.devices)
     start = time.perf_counter()
     print(_ROW.format("family", "case", "device", "dtype", "max_abs", "cosine", "top1", "kl", "status"))
     results: list[ParityResult] = []
@@ -116,7 +119,7 @@ def check(args: argparse.Namespace) -> int:
 def gate(args: argparse.Namespace) -> int:
     from harness.gate import run_gate
 
-    return run_gate(args.base, families(), _choices(args.devices, devices(), "device"),
+    return run_gate(args.base, families(), _devices(args.devices),
                     _choices(args.dtypes, DTYPES, "dtype"), junit=args.junit, markdown=args.markdown,
                     json_path=args.json, html=args.html, quiet=args.quiet)
 
@@ -164,6 +167,12 @@ def _row(r: ParityResult) -> str:
     m = r.metrics
     return _ROW.format(r.family, r.case, r.device, r.dtype, f"{m.max_abs:.2e}", f"{m.cosine:.8f}",
                        f"{m.top1:.3f}", f"{m.kl:.1e}", paint_status(r.status, r.status, colour()))
+
+
+def _devices(text: str | None) -> list[str]:
+    from harness.parity.parity import devices
+
+    return _choices(text or ",".join(devices()), devices(), "device")
 
 
 def _choices(text: str, allowed: Sequence[str], what: str) -> list[str]:

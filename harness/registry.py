@@ -7,19 +7,20 @@ rather than deep inside a run.
 
 from __future__ import annotations
 
+import ast
 import collections.abc as abc
 import importlib
 import pkgutil
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import converters
 from harness.errors import ConversionError
 from harness.mapping.family import Case, Family
-from harness.mutation.planting import Mutant
 
-__all__ = ["Case", "Family", "families", "family", "family_names"]
+__all__ = ["Case", "Family", "families", "family", "family_about", "family_names"]
 
 
 def family_names() -> list[str]:
@@ -34,6 +35,15 @@ def families() -> dict[str, Family]:
     True
     """
     return {name: _load(name) for name in family_names()}
+
+
+def family_about(name: str) -> str:
+    """The first line of a family's docstring, read from its ``__init__.py`` without importing it (for --help)."""
+    for folder in converters.__path__:
+        init = Path(folder) / name / "__init__.py"
+        if init.is_file():
+            return ((ast.get_docstring(ast.parse(init.read_text())) or "").strip().splitlines() or [""])[0]
+    return ""
 
 
 def family(name: str) -> Family:
@@ -59,6 +69,8 @@ def _load(name: str) -> Family:
 
 def contract_problems(fam: Family) -> list[str]:
     """Every field of ``fam`` whose value is not of its declared type, as ``"field: expected X, got Y"``."""
+    from harness.mutation.planting import Mutant  # only here: the planting API imports torch
+
     hints = typing.get_type_hints(Family, localns={"Mutant": Mutant})
     values = vars(fam)
     return [f"{name}: expected {_show(hint)}, got {type(values[name]).__name__}"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import ConversionError
 from harness.io.staging import remove_stale_partials
 from harness.io.writer import ShardPlan
-from harness.mapping.conversion import DEFAULT_SHARD_SIZE, Converted, write_converted
-from harness.mapping.family import Family
+from harness.mapping.conversion import Converted
+from harness.mapping.output import DEFAULT_SHARD_SIZE, write_converted
+
+if TYPE_CHECKING:
+    from harness.mapping.family import Family
 
 __all__ = ["convert_checkpoint"]
 

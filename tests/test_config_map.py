@@ -104,6 +104,6 @@ def test_every_family_table_round_trips_its_cases(name: str) -> None:
     """to_target ∘ to_source ∘ to_target is to_target: what an inverse cannot restore is not needed."""
     fam = families()[name]
     config_map = importlib.import_module(f"converters.{name}.convert").CONFIG
-    for case in fam.CASES.values():
+    for case in fam.cases.values():
         target = config_map.to_target(fam.tiny(layout=case.layout, **case.config).config)
         assert config_map.to_target(config_map.to_source(target)) == target

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from harness.io.tensor_store import TensorStore
-from harness.mapping.conversion import SourceCheckpoint, write_converted
+from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.output import write_converted
 from harness.parity.metrics import DTYPES
 from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.parity.precision import FLOOR_FACTOR, noise_bound, reference_noise_floor

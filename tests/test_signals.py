@@ -17,13 +17,13 @@ from harness.registry import family
 # The child converts a tiny Mixtral, sleeping between tensors so that there is time to signal it mid-write.
 _SLOW_CONVERT = textwrap.dedent("""
     import sys, time
-    from harness.mapping.conversion import Converted
-    payloads = Converted.payloads
-    def slow(self):
-        for item in payloads(self):
+    from harness.mapping import output
+    checked = output.refuse_nonfinite  # the stream the writer takes, on the byte path and the torch path alike
+    def slow(stream, **options):
+        for item in checked(stream, **options):
             time.sleep(0.2)
             yield item
-    Converted.payloads = slow
+    output.refuse_nonfinite = slow
     from harness.cli import main
     sys.exit(main(["convert", "mixtral", sys.argv[1], sys.argv[2], "--quiet"]))
 """)

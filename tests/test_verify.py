@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from harness.cli import main
 from harness.errors import ConversionError
-from harness.mapping.conversion import write_converted
+from harness.mapping.output import write_converted
 from harness.parity.parity import UpcastTensors, load_converted, make_tokens
 from harness.parity.streamed_model import StreamedModel
 from harness.parity.verify import read_input_ids, verify

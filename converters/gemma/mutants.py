@@ -7,13 +7,15 @@ Feb-2024 code), a Llama-style rotary permutation applied to half-split weights (
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import DequantizeSplit, Split
 from harness.mutation.planting import Catalogue, Mutable, rerun
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CASES", "MUTANTS"]
 
@@ -24,6 +26,8 @@ MUTANTS = Catalogue()  # in the order the functions below are defined
 def qkv_equal_thirds(m: Mutable) -> None:
     """``torch.split(qkv, qkv.shape[0] // 3)`` for every non-MQA model: right only for MHA, garbage for GQA
     (README fact 3). The first three pieces are kept, as the script's unpacking would."""
+    import torch
+
     kv = m.config["num_key_value_heads"]
 
     def thirds(step: Step, src: list[torch.Tensor]) -> list[torch.Tensor] | None:

@@ -2,9 +2,9 @@
 
 from converters.gpt_sw3 import mutants
 from converters.gpt_sw3.convert import CONFIG, KEYS, convert, invert
-from converters.gpt_sw3.reference import forward
 from converters.gpt_sw3.source import CASES, OPTIONS, SIZES, UPSTREAM_OPTIONS, read, shapes, tiny, write
 from harness.mapping.family import Family
+from harness.mapping.lazy import lazy_function
 
 __all__ = ["FAMILY"]
 
@@ -19,7 +19,7 @@ FAMILY = Family(
     keys=KEYS,
     convert=convert,
     invert=invert,
-    reference=forward,
+    reference=lazy_function("converters.gpt_sw3.reference", "forward"),  # torch loads when it runs
     cases=CASES,
     sizes=SIZES,
     # What `convert`/`verify` fetch for a Hub id as SOURCE: one .nemo (config and tokenizer inside) or .ckpt.

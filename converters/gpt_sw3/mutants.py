@@ -4,13 +4,16 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from harness.mapping import transforms
 from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import CutVocab, GroupQKV
 from harness.mutation.planting import Catalogue, Mutable, rerun
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CASES", "MUTANTS"]
 
@@ -28,6 +31,8 @@ def exact_gelu_hardcoded(m: Mutable) -> None:
 def attention_buffers_written(m: Mutable) -> None:
     """``attn.bias`` (a uint8 causal tril) and ``attn.masked_bias`` (-1e4) written per layer: buffers GPT-2 no
     longer has; ``masked_bias`` is an unexpected key (fact 13)."""
+    import torch
+
     n = m.config["n_positions"]
     for i in range(m.config["n_layer"]):
         m.tensors[f"transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(n, n, dtype=torch.uint8))[None, None]

@@ -2,9 +2,9 @@
 
 from converters.llama import mutants
 from converters.llama.convert import CONFIG, KEYS, convert, invert
-from converters.llama.reference import forward
 from converters.llama.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
 from harness.mapping.family import Family
+from harness.mapping.lazy import lazy_function
 
 __all__ = ["FAMILY"]
 
@@ -19,7 +19,7 @@ FAMILY = Family(
     keys=KEYS,
     convert=convert,
     invert=invert,
-    reference=forward,
+    reference=lazy_function("converters.llama.reference", "forward"),  # torch loads when it runs
     cases=CASES,
     sizes=SIZES,
     # What `convert`/`verify` fetch for a Hub id as SOURCE: Meta's files; the Hub keeps them under original/.

@@ -8,7 +8,7 @@ transposed square matrix, a tied head, a wrong norm epsilon or rope theta, a har
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from converters.llama.source import ffn_hidden_dim
 from harness.mapping import transforms
@@ -16,6 +16,9 @@ from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import MergeRanks, MergeRotary
 from harness.mutation.planting import Catalogue, Mutable, rerun, set_config
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CASES", "MUTANTS"]
 

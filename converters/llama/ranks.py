@@ -92,7 +92,7 @@ def open_ranks(files: list[Path], dim: int | None) -> tuple[TensorStore, str | N
     layout = None
     if len(files) > 1 and "tok_embeddings.weight" in first:  # whole rows (vocabulary split) or a column slice
         layout = "llama3" if first.meta("tok_embeddings.weight")[0][-1] == dim else "llama2"
-    metas = {k: ((len(stores), *first.meta(k)[0]), first.meta(k)[1]) for k in first}
+    metas = {k: ((len(stores), *first.raw_meta(k)[0]), first.raw_meta(k)[1]) for k in first}
     loaders = {k: (lambda k=k: _load_stacked(files, stores, k, split_dim(k, layout or "llama2"))) for k in first}
     # One rank: the stacked tensor is the file's own bytes, so unchanged outputs can be copied file to file.
     regions = {k: r.sub(0, (1, *r.shape), r.dtype) for k, r in first.regions.items()} if len(stores) == 1 else {}

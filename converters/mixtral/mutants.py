@@ -6,13 +6,16 @@ the rotary permutation, q/k, experts, gate/up.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from harness.mapping import transforms
 from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import Unstack
 from harness.mutation.planting import Catalogue, Mutable, rerun, set_config
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CASES", "MUTANTS"]
 

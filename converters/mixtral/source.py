@@ -13,13 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
-import torch
-
 from harness.errors import ConversionError
 from harness.io.source_files import open_weights, read_json_config
 from harness.io.tensor_store import TensorStore
-from harness.io.tiny import random_weights
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.family import Case
 
@@ -76,6 +72,8 @@ def shapes(config: dict[str, Any], layout: str = "experts") -> dict[str, tuple[i
 
 def tiny(seed: int = 0, layout: str = "experts", **overrides: Any) -> SourceCheckpoint:
     """A random Mixtral of the given size; ``rope_theta=None`` leaves the field out as the 8x7B release does."""
+    from harness.io.tiny import random_weights  # torch: reading and converting never need it
+
     config = {**TINY, **overrides}
     if config.get("rope_theta", 0) is None:
         del config["rope_theta"]
@@ -101,6 +99,9 @@ def write(checkpoint: SourceCheckpoint, path: Path, container: str = "pth", shar
         container = "pth"
     if container not in CONTAINERS:
         raise ConversionError(f"unknown container {container!r}; choose one of {', '.join(CONTAINERS)}")
+    import safetensors.torch
+    import torch
+
     path.mkdir(parents=True, exist_ok=True)
     (path / PARAMS).write_text(json.dumps(checkpoint.config, indent=4) + "\n")
     keys = list(checkpoint.tensors)

@@ -2,9 +2,9 @@
 
 from converters.phi import mutants
 from converters.phi.convert import CONFIG, KEYS, convert, invert
-from converters.phi.reference import forward
 from converters.phi.source import CASES, SIZES, read, shapes, tiny, write
 from harness.mapping.family import Family
+from harness.mapping.lazy import lazy_function
 
 __all__ = ["FAMILY"]
 
@@ -19,7 +19,7 @@ FAMILY = Family(
     keys=KEYS,
     convert=convert,
     invert=invert,
-    reference=forward,
+    reference=lazy_function("converters.phi.reference", "forward"),  # torch loads when it runs
     cases=CASES,
     sizes=SIZES,
     # What `convert`/`verify` fetch for a Hub id as SOURCE: config.json +

@@ -4,12 +4,15 @@ and a mutation-only case. The hard-coded ``gelu_new`` is the generic ``wrong_gel
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import Split
 from harness.mutation.planting import Catalogue, Mutable, rerun, set_config
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CASES", "MUTANTS"]
 

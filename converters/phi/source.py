@@ -19,13 +19,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
-import torch
-
 from harness.errors import ConversionError
 from harness.io.source_files import index_shards, open_weights, read_json_config
 from harness.io.tensor_store import TensorStore
-from harness.io.tiny import random_weights
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.family import Case
 
@@ -114,6 +110,10 @@ def shapes(config: dict[str, Any], layout: str = "phi-msft") -> dict[str, tuple[
 
 def tiny(seed: int = 0, layout: str = "phi-msft", **overrides: Any) -> SourceCheckpoint:
     """A random Phi of the given size in ``layout`` (``default`` is phi-msft)."""
+    import torch
+
+    from harness.io.tiny import random_weights  # torch: reading and converting never need it
+
     layout = "phi-msft" if layout == "default" else layout
     model_type = "phi-msft" if layout == "phi-msft" else "mixformer-sequential"
     config = {"model_type": model_type, **TINY, **overrides}
@@ -142,6 +142,9 @@ def write(checkpoint: SourceCheckpoint, path: Path, container: str = "bin", shar
     container = "bin" if container == "default" else container
     if container not in CONTAINERS:
         raise ConversionError(f"unknown container {container!r}; choose one of {', '.join(CONTAINERS)}")
+    import safetensors.torch
+    import torch
+
     path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG_FILE).write_text(json.dumps(checkpoint.config, indent=2) + "\n")
     tensors = {k: checkpoint.tensors[k].contiguous() for k in checkpoint.tensors}

@@ -3,9 +3,9 @@
 from converters.rwkv import mutants
 from converters.rwkv.convert import CONFIG, KEYS, convert, invert
 from converters.rwkv.loading import loading
-from converters.rwkv.reference import forward
 from converters.rwkv.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
 from harness.mapping.family import Family
+from harness.mapping.lazy import lazy_function
 
 __all__ = ["FAMILY"]
 
@@ -20,7 +20,7 @@ FAMILY = Family(
     keys=KEYS,
     convert=convert,
     invert=invert,
-    reference=forward,
+    reference=lazy_function("converters.rwkv.reference", "forward"),  # torch loads when it runs
     cases=CASES,
     sizes=SIZES,
     # What `convert`/`verify` fetch for a Hub id as SOURCE: one BlinkDL .pth; sizes come from shapes.

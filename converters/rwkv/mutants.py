@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from harness.mapping.family import MutationCase
 from harness.mutation.planting import Catalogue, Mutable, swap_names
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["CASES", "MUTANTS"]
 
@@ -31,6 +34,8 @@ def intermediate_size_default(m: Mutable) -> None:
 def time_decay_exponentiated(m: Mutable) -> None:
     """``time_decay`` stored as ``-exp(w)`` (the runtime's load-time form) though transformers applies it itself
     (README: 3.96)."""
+    import torch
+
     for name in [n for n in m.tensors if n.endswith("time_decay")]:
         m.tensors[name] = -torch.exp(m.tensors[name])
 
@@ -38,6 +43,8 @@ def time_decay_exponentiated(m: Mutable) -> None:
 @MUTANTS.add
 def time_first_exponentiated(m: Mutable) -> None:
     """``time_first`` stored as ``exp(u)``, the RWKV-5/6 form, on a v4 model (README: 2.43)."""
+    import torch
+
     for name in [n for n in m.tensors if n.endswith("time_first")]:
         m.tensors[name] = torch.exp(m.tensors[name])
 

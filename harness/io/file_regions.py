@@ -9,24 +9,25 @@ is a region when it covers a contiguous run of its storage's bytes.
 from __future__ import annotations
 
 import errno
-import json
 import os
-import struct
-import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from harness.io.raw_dtypes import as_torch
 
-__all__ = ["FileRegion", "copy_region", "nbytes", "safetensors_regions", "torch_zip_regions"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["FileRegion", "copy_region", "nbytes"]
 
 _COPY_CHUNK = 1 << 26  # bytes per copy_file_range / sendfile call, and per buffered read when neither works
 
 
 @dataclass(frozen=True)
 class FileRegion:
-    """``nbytes`` raw bytes at ``offset`` in ``path``, holding a contiguous tensor of ``shape`` and ``dtype``."""
+    """``nbytes`` raw bytes at ``offset`` in ``path``, holding a contiguous tensor of ``shape`` and ``dtype`` (a
+    ``torch.dtype``, or a ``RawDType`` where the conversion never imports torch)."""
 
     path: Path
     offset: int
@@ -39,10 +40,13 @@ class FileRegion:
 
     def mapped(self) -> torch.Tensor:
         """The tensor, memory-mapped copy-on-write: nothing is read until it is used, the file never changes."""
+        import torch
+
+        dtype = as_torch(self.dtype)
         size = os.path.getsize(self.path)
         storage = torch.UntypedStorage.from_file(str(self.path), shared=False, nbytes=size)
         flat = torch.empty(0, dtype=torch.uint8).set_(storage, self.offset, (self.nbytes,), (1,))
-        return flat.view(self.dtype).view(self.shape) if self.nbytes else torch.empty(self.shape, dtype=self.dtype)
+        return flat.view(dtype).view(self.shape) if self.nbytes else torch.empty(self.shape, dtype=dtype)
 
     def sub(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> FileRegion:
         """The region of a tensor that lies ``offset`` bytes into this one."""
@@ -52,45 +56,14 @@ class FileRegion:
 def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     """Bytes of a dense tensor of ``shape`` and ``dtype``.
 
-    >>> nbytes((3, 4), torch.bfloat16)
+    >>> from harness.io.raw_dtypes import BY_NAME
+    >>> nbytes((3, 4), BY_NAME["bfloat16"])
     24
     """
     n = dtype.itemsize
     for d in shape:
         n *= d
     return n
-
-
-def torch_zip_regions(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, FileRegion]:
-    """Regions of the contiguous tensors of a zip-format ``torch.save`` file, loaded with ``mmap=True``.
-
-    torch maps the whole file once and slices each storage out of it at its record's offset, so every
-    storage's address minus its record's offset is the same base address. The base must put every storage
-    in use on a record; if none does, no region is returned and the tensors take the ordinary path.
-    """
-    records = sorted(_zip_data_offsets(path))
-    storages = {t.untyped_storage().data_ptr() for t in tensors.values() if t.numel()}
-    lowest = min(storages, default=None)
-    # The lowest storage in use is some record (not always the first: a sub-dict may skip some).
-    base = next((b for b in (lowest - r for r in records) if all(p - b in set(records) for p in storages)), None) \
-        if lowest is not None else None
-    if base is None:
-        return {}
-    out = {}
-    for name, t in tensors.items():
-        if t.numel() and t.is_contiguous():
-            out[name] = FileRegion(path, t.data_ptr() - base, tuple(t.shape), t.dtype)
-    return out
-
-
-def safetensors_regions(path: Path, dtypes: Mapping[str, torch.dtype]) -> dict[str, FileRegion]:
-    """Regions of every tensor of a ``.safetensors`` file whose dtype torch knows (``dtypes``: name -> dtype)."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    start = 8 + length
-    return {name: FileRegion(path, start + info["data_offsets"][0], tuple(info["shape"]), dtypes[name])
-            for name, info in header.items() if name != "__metadata__" and name in dtypes}
 
 
 def copy_region(region: FileRegion, fd: int, offset: int) -> None:
@@ -135,17 +108,3 @@ def _buffered_copy(src: int, src_off: int, dst: int, dst_off: int, count: int) -
             raise OSError(errno.EIO, "source ended early")
         os.pwrite(dst, view[:n], dst_off)
         src_off, dst_off, count = src_off + n, dst_off + n, count - n
-
-
-def _zip_data_offsets(path: Path) -> list[int]:
-    """Absolute offsets of the stored (uncompressed) ``*/data/<key>`` records of a torch zip archive."""
-    offsets = []
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
-        for info in archive.infolist():
-            if "/data/" not in info.filename or info.compress_type != zipfile.ZIP_STORED:
-                continue
-            f.seek(info.header_offset)
-            local = f.read(30)  # the local file header: name and extra-field lengths at bytes 26-29
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
-            offsets.append(info.header_offset + 30 + name_len + extra_len)
-    return offsets

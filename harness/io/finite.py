@@ -1,9 +1,10 @@
 """Refuse weights that hold NaN or Inf before they reach a converted model.
 
 A checkpoint with non-finite weights converts "fine" and fails much later, far from the cause. Every payload
-is checked as it streams to the writer: tensors in memory with torch, file regions (copied by the kernel and
-never read by the writer) by reading their bytes into one reusable buffer on a second thread, so the check
-overlaps the copy instead of adding to it.
+is checked as it streams to the writer: tensors in memory with torch, file regions and row gathers (copied by
+the kernel and never read by the writer) on a second thread, so the check overlaps the copy instead of adding to
+it. Those are read into one reusable buffer and tested on their bits with numpy (a float is NaN or Inf exactly
+when all its exponent bits are set), which needs no torch and no conversion of the values.
 """
 
 from __future__ import annotations
@@ -11,26 +12,35 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Union
 
-import torch
+import numpy as np
 
 from harness.errors import ConversionError
 from harness.io.file_regions import FileRegion
+from harness.io.raw_dtypes import raw_dtype
+from harness.io.row_gather import RowGather
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["count_nonfinite", "refuse_nonfinite"]
 
-Payload = torch.Tensor | FileRegion
+Payload = Union["torch.Tensor", FileRegion, RowGather]
 _SCAN_BYTES = 1 << 24
 
 
 def count_nonfinite(payload: Payload) -> int:
     """NaN and Inf values in a tensor or a file region (0 for integer tensors).
 
+    >>> import torch
     >>> count_nonfinite(torch.tensor([1.0, float("nan"), float("inf"), -2.0]))
     2
     """
+    if isinstance(payload, RowGather):
+        return sum(_scan_region(span) for span in payload.spans())
     if isinstance(payload, FileRegion):
-        return _scan_region(payload) if payload.dtype.is_floating_point else 0
+        return _scan_region(payload)
     if not payload.is_floating_point() or payload.device.type == "meta":
         return 0
     return _count(payload)
@@ -46,7 +56,7 @@ def refuse_nonfinite(stream: Iterator[tuple[str, Payload]], *, allow: bool = Fal
     found: dict[str, Future[int] | int] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convparity-finite") as pool:
         for name, payload in stream:
-            found[name] = pool.submit(count_nonfinite, payload) if isinstance(payload, FileRegion) \
+            found[name] = pool.submit(count_nonfinite, payload) if isinstance(payload, (FileRegion, RowGather)) \
                 else count_nonfinite(payload)
             yield name, payload
         counts = {name: n if isinstance(n, int) else n.result() for name, n in found.items()}
@@ -63,6 +73,8 @@ def refuse_nonfinite(stream: Iterator[tuple[str, Payload]], *, allow: bool = Fal
 
 
 def _count(t: torch.Tensor) -> int:
+    import torch
+
     # A sum is finite only if every term is (NaN and Inf propagate), and it runs at memory speed; the exact
     # count is taken only when the sum says there is something to count (or overflows, which is harmless).
     total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
@@ -70,8 +82,14 @@ def _count(t: torch.Tensor) -> int:
 
 
 def _scan_region(region: FileRegion) -> int:
-    item = region.dtype.itemsize
+    raw = raw_dtype(region.dtype)
+    if raw is None or raw.nonfinite is None:
+        return 0
+    mask, threshold = raw.nonfinite
+    item = raw.itemsize
+    bits = np.dtype(f"<u{item}")
     buf = bytearray(min(region.nbytes, _SCAN_BYTES) // item * item or item)
+    scratch = np.empty(len(buf) // item, dtype=bits)
     bad, done = 0, 0
     with open(region.path, "rb", buffering=0) as f:
         while done < region.nbytes:
@@ -79,6 +97,8 @@ def _scan_region(region: FileRegion) -> int:
                           region.offset + done)
             if n == 0:
                 raise ConversionError(f"{region.path} ends inside a tensor ({region.nbytes - done} bytes missing)")
-            bad += _count(torch.frombuffer(buf, dtype=region.dtype, count=n // item))
+            masked = np.bitwise_and(np.frombuffer(buf, dtype=bits, count=n // item), mask, out=scratch[: n // item])
+            if masked.max(initial=0) >= threshold:  # one fast pass; the exact count only when there is one
+                bad += int(np.count_nonzero(masked >= threshold))
             done += n
     return bad

@@ -2,37 +2,39 @@
 
 Checkpoints are data, never code: pickles are opened with ``weights_only=True`` (and memory-mapped, so a
 tensor's bytes are read only when it is used), safetensors through ``safe_open``. A ``TensorStore`` knows every
-tensor's shape and dtype up front, which is all the shard planner needs.
+tensor's shape and dtype up front, which is all the shard planner needs. Zip-format torch files and safetensors
+files are first described without torch (``harness.io.torch_zip_index``, ``harness.io.safetensors_index``): their
+shapes, dtypes and byte regions are known without importing torch, which is loaded only when a tensor is.
 """
 
 from __future__ import annotations
 
 import pickle
-import struct
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import safe_open
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError, brief
-from harness.io.file_regions import FileRegion, nbytes, safetensors_regions, torch_zip_regions
+from harness.io.file_regions import FileRegion, nbytes
+from harness.io.raw_dtypes import RawDType, as_torch
+from harness.io.safetensors_index import index_safetensors
 from harness.io.sniff import container, describe_file
+from harness.io.stored_tensor import NotIndexableError, StoredTensor
+from harness.io.torch_zip_index import index_torch_zip
 
-__all__ = ["DTYPES", "SAFETENSORS_DTYPES", "TensorMeta", "TensorSpec", "TensorStore", "load_pickle", "open_safetensors",
-           "open_torch", "state_dict_problem"]
+if TYPE_CHECKING:
+    import torch
 
-# The dtypes a checkpoint may be written in and parity run in, by the names the CLI takes.
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["TensorMeta", "TensorSpec", "TensorStore", "load_pickle", "open_safetensors", "open_torch",
+           "safetensors_dtypes", "state_dict_problem"]
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One output tensor as the writer plans it: name, shape and dtype, no data."""
+    """One output tensor as the writer plans it: name, shape and dtype (a ``torch.dtype``, or a ``RawDType`` on
+    the torch-free path), no data."""
 
     name: str
     shape: tuple[int, ...]
@@ -42,13 +44,13 @@ class TensorSpec:
     def nbytes(self) -> int:
         return nbytes(self.shape, self.dtype)
 
+TensorMeta = tuple[tuple[int, ...], "torch.dtype"]
 
-TensorMeta = tuple[tuple[int, ...], torch.dtype]
 
-
-class TensorStore(Mapping[str, torch.Tensor]):
+class TensorStore(Mapping[str, "torch.Tensor"]):
     """A read-only name -> tensor mapping whose tensors are produced on demand.
 
+    >>> import torch
     >>> store = TensorStore.from_dict({"w": torch.zeros(2, 3)})
     >>> store.meta("w")
     ((2, 3), torch.float32)
@@ -88,7 +90,12 @@ class TensorStore(Mapping[str, torch.Tensor]):
         return cls(loaders, metas, origins, regions)
 
     def meta(self, name: str) -> TensorMeta:
-        """Shape and dtype of ``name`` without reading its data."""
+        """Shape and ``torch.dtype`` of ``name`` without reading its data."""
+        shape, dtype = self._metas[name]
+        return shape, as_torch(dtype)
+
+    def raw_meta(self, name: str) -> tuple[tuple[int, ...], RawDType | Any]:
+        """Shape and dtype as the file names it (a ``RawDType`` where the file was indexed without torch)."""
         return self._metas[name]
 
     def mapped(self, name: str) -> torch.Tensor:
@@ -125,9 +132,12 @@ def load_pickle(path: Path) -> Any:
 def state_dict_problem(obj: object) -> str | None:
     """Why ``obj`` is not a flat ``{name: dense CPU tensor}`` dict, or None when it is one.
 
+    >>> import torch
     >>> state_dict_problem({"w": torch.zeros(1)}) is None, state_dict_problem({1: torch.zeros(1)})
     (True, 'keys [1] are not strings')
     """
+    import torch
+
     if not isinstance(obj, dict):
         return f"found {_describe_keys(obj)}"
     bad_keys = [k for k in obj if not isinstance(k, str)]
@@ -164,6 +174,8 @@ class _MmapRefusedError(Exception):
 
 
 def _load_data_only(path: Path, mmap: bool) -> Any:
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -188,15 +200,27 @@ def open_torch(path: Path, key: str | None = None) -> TensorStore:
 
     A zip-format file is memory-mapped only while one tensor is copied out of it: pages of tensors already
     converted leave the process, so resident memory stays near one tensor rather than growing to the file.
+    A plain state dict is described without torch; anything else goes through torch's data-only loader.
     """
+    if container(path) == "zip":
+        try:
+            return _indexed(path, index_torch_zip(path, key), partial(_copy_out, path, key))
+        except NotIndexableError:
+            pass
     obj, mapped = _state_dict(path, key)
     if not mapped:  # legacy format: already in memory
         return TensorStore.from_dict(obj, origin=str(path))
     metas = {name: (tuple(t.shape), t.dtype) for name, t in obj.items()}
-    regions = _regions(torch_zip_regions, path, obj)
     del obj  # unmaps the file
     return TensorStore({name: partial(_copy_out, path, key, name) for name in metas}, metas,
-                       dict.fromkeys(metas, str(path)), regions)
+                       dict.fromkeys(metas, str(path)))
+
+
+def _indexed(path: Path, found: Mapping[str, StoredTensor], load: Callable[[str], torch.Tensor]) -> TensorStore:
+    """A store over an indexed file: metadata and regions from the index, each tensor loaded by ``load(name)``."""
+    return TensorStore({name: partial(load, name) for name in found},
+                       {name: (t.shape, t.dtype) for name, t in found.items()}, dict.fromkeys(found, str(path)),
+                       {name: t.region for name, t in found.items() if t.region is not None})
 
 
 def _state_dict(path: Path, key: str | None) -> tuple[dict[str, torch.Tensor], bool]:
@@ -224,46 +248,60 @@ def open_safetensors(path: Path) -> TensorStore:
         raise ConversionError(f"{path} is not a safetensors file: expected an 8-byte header size and a JSON "
                               f"header, found {describe_file(path)}")
     try:
+        return _indexed(path, index_safetensors(path), partial(_get_tensor, _Handle(path), path))
+    except NotIndexableError:
+        pass
+    from safetensors import safe_open
+
+    try:
         handle = safe_open(str(path), framework="pt")
         raw = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
                for name in handle.keys()}  # noqa: SIM118 - safe_open handles are not mappings
     except Exception as err:  # safetensors raises its own SafetensorError for a bad header
         raise _corrupt(path, "safetensors", err) from None
-    unknown = {name: dtype for name, (_, dtype) in raw.items() if dtype not in SAFETENSORS_DTYPES}
+    known = safetensors_dtypes()
+    unknown = {name: dtype for name, (_, dtype) in raw.items() if dtype not in known}
     if unknown:
         name = sorted(unknown)[0]
         raise ConversionError(f"{path}: tensor {name!r} has dtype {unknown[name]}, which convparity cannot read "
-                              f"({len(unknown)} such tensors); expected one of {', '.join(SAFETENSORS_DTYPES)}")
-    metas = {name: (shape, SAFETENSORS_DTYPES[dtype]) for name, (shape, dtype) in raw.items()}
-    regions = _regions(safetensors_regions, path, {name: dtype for name, (_, dtype) in metas.items()})
-    return TensorStore({name: partial(_get_tensor, handle, path, name) for name in metas}, metas,
-                       dict.fromkeys(metas, str(path)), regions)
+                              f"({len(unknown)} such tensors); expected one of {', '.join(known)}")
+    metas = {name: (shape, known[dtype]) for name, (shape, dtype) in raw.items()}
+    return TensorStore({name: partial(_get_tensor, lambda: handle, path, name) for name in metas}, metas,
+                       dict.fromkeys(metas, str(path)))
 
 
-def _regions(find: Callable[[Path, Any], dict[str, FileRegion]], path: Path, arg: Any) -> dict[str, FileRegion]:
-    """Where the tensors' bytes sit, for file-to-file copies; none (the ordinary path) if the file's layout is
-    not what ``find`` expects: the loader has already read it, so the ordinary path reads it correctly."""
+class _Handle:
+    """One ``safe_open`` handle, opened (importing torch) when the first tensor is read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.handle = path, None
+
+    def __call__(self) -> Any:
+        if self.handle is None:
+            from safetensors import safe_open
+
+            self.handle = safe_open(str(self.path), framework="pt")
+        return self.handle
+
+
+def _get_tensor(handle: Callable[[], Any], path: Path, name: str) -> torch.Tensor:
     try:
-        return find(path, arg)
-    except (OSError, ValueError, KeyError, IndexError, struct.error, zipfile.BadZipFile):
-        return {}
-
-
-def _get_tensor(handle: Any, path: Path, name: str) -> torch.Tensor:
-    try:
-        return handle.get_tensor(name)
+        return handle().get_tensor(name)
     except Exception as err:
         raise _corrupt(path, f"safetensors (tensor {name!r})", err) from None
 
 
-# Every dtype name of the safetensors format that torch can hold. Which of them a conversion accepts is decided
-# per rule at plan time (harness.mapping.keymap.check_dtypes): an unused buffer may be of any dtype.
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "C64": torch.complex64,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
-}
+def safetensors_dtypes() -> dict[str, torch.dtype]:
+    """Every dtype name of the safetensors format that torch can hold. Which of them a conversion accepts is
+    decided per rule at plan time (harness.mapping.keymap.check_dtypes): an unused buffer may be of any dtype."""
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "C64": torch.complex64,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+        "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
+    }
 
 
 def _corrupt(path: Path, what: str, err: BaseException) -> ConversionError:

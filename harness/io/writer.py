@@ -3,7 +3,8 @@
 The shard plan is computed from names, shapes and dtypes alone; every shard's header is therefore known
 before its data, so each tensor is written the moment it is produced and then freed: peak memory is about
 one tensor, whatever the size of the model or of a shard. A tensor whose bytes pass through unchanged arrives
-as a ``FileRegion`` and is copied from the source file in the kernel, never through Python. Everything goes
+as a ``FileRegion`` (or, reordered by rows, a ``RowGather`` of regions) and is copied from the source file in the
+kernel, never through Python; a conversion made only of those never imports torch. Everything goes
 into a temporary sibling directory (``harness.io.staging``) that is renamed into place at the end; a failure
 removes it, leaving nothing behind.
 """
@@ -17,24 +18,22 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any, Union
 
 from harness.errors import ConversionError
 from harness.io.file_regions import FileRegion, copy_region
+from harness.io.raw_dtypes import raw_dtype
+from harness.io.row_gather import RowGather, write_gather
 from harness.io.staging import staged_directory
 from harness.io.tensor_store import TensorSpec
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Payload", "ShardPlan", "parse_size", "plan_shards", "write_model_dir"]
 
 _CAST_CHUNK = 1 << 24  # elements cast at a time: a --dtype cast holds one chunk, not the tensor twice
-_DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-Payload = torch.Tensor | FileRegion
+Payload = Union["torch.Tensor", FileRegion, RowGather]
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -112,7 +111,7 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for spec in group:
-        header[spec.name] = {"dtype": _DTYPE_NAMES[spec.dtype], "shape": list(spec.shape),
+        header[spec.name] = {"dtype": raw_dtype(spec.dtype).safetensors, "shape": list(spec.shape),
                              "data_offsets": [offset, offset + spec.nbytes]}
         offset += spec.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -128,8 +127,10 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
                                f"{tuple(payload.shape)} {payload.dtype}")
         if isinstance(payload, FileRegion) and payload.dtype == spec.dtype:
             copy_region(payload, fd, offset)
+        elif isinstance(payload, RowGather) and payload.dtype == spec.dtype:
+            write_gather(payload, fd, offset)
         else:
-            tensor = payload.mapped() if isinstance(payload, FileRegion) else payload
+            tensor = payload.mapped() if isinstance(payload, FileRegion) else payload  # (a gather is never cast)
             _write_tensor(fd, tensor.detach().to("cpu"), spec.dtype, offset)
         offset += spec.nbytes
         if progress is not None:
@@ -138,6 +139,8 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
 
 def _write_tensor(fd: int, tensor: torch.Tensor, dtype: torch.dtype, offset: int) -> None:
     """Write ``tensor`` as ``dtype`` at ``offset``; a cast goes chunk by chunk so memory stays near one chunk."""
+    import torch
+
     flat = tensor.reshape(-1) if tensor.is_contiguous() else tensor.contiguous().reshape(-1)
     step = flat.numel() if tensor.dtype == dtype else _CAST_CHUNK
     for start in range(0, flat.numel(), max(step, 1)):

@@ -19,19 +19,20 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
 from harness.mapping.rules import Dequantize, DequantizeSplit, Dims, Drop, Rule, RuleLike, Tie
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["FLOATING", "LAYER", "KeyMap", "Layouts", "LedgerError", "Step", "check_dtypes"]
 
-FLOATING = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # the weight dtypes a conversion reads
+FLOATING = ("float32", "bfloat16", "float16", "float64")  # the weight dtypes a conversion reads (torch's names)
 # Sources that are legitimately not floating point, by rule kind and position: gemma_pytorch quant=True weights.
-_INTEGER_SOURCES: dict[type[Rule], dict[int, tuple[torch.dtype, ...]]] = {
-    Dequantize: {0: (torch.int8,)}, DequantizeSplit: {0: (torch.int8,)},
+_INTEGER_SOURCES: dict[type[Rule], dict[int, tuple[str, ...]]] = {
+    Dequantize: {0: ("int8",)}, DequantizeSplit: {0: ("int8",)},
 }
 
 Range = str | Callable[[Dims], Iterable[int]]
@@ -201,6 +202,7 @@ def check_dtypes(steps: Iterable[Step], meta: Callable[[str], tuple[tuple[int, .
 
     >>> from harness.mapping.rules import Rename
     >>> step = Step(Rename("w", "w"), (), ("w",), ("w",))
+    >>> import torch
     >>> check_dtypes([step], lambda k: ((2,), torch.int64))
     Traceback (most recent call last):
     harness.errors.ConversionError: tensor dtypes: w is int64, expected float32, bfloat16, float16 or float64
@@ -210,7 +212,7 @@ def check_dtypes(steps: Iterable[Step], meta: Callable[[str], tuple[tuple[int, .
         hint = hint or step.hint
         for i, key in enumerate(step.sources):
             expected = _INTEGER_SOURCES.get(type(step.rule), {}).get(i, FLOATING)
-            dtype = meta(key)[1]
+            dtype = str(meta(key)[1]).removeprefix("torch.")
             if dtype not in expected:
                 where = f" ({origins[key]})" if origins and key in origins else ""
                 bad.append(f"{key}{where} is {_names((dtype,))}, expected {_names(expected)}")
@@ -224,8 +226,7 @@ def _article(title: str) -> str:
     return "an" if title[0] in "AEIOU" or (title[:2].isupper() and title[0] in "FHLMNRSX") else "a"
 
 
-def _names(dtypes: tuple[torch.dtype, ...]) -> str:
-    names = [str(d).removeprefix("torch.") for d in dtypes]
+def _names(names: tuple[str, ...]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 

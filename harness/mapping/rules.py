@@ -13,10 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from harness.mapping import transforms
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CutVocab", "Dequantize", "Dims", "Drop", "GroupQKV", "Pattern", "Rename", "Rotary", "Rule", "Split", "Tie",

@@ -7,7 +7,10 @@ All functions also run on the meta device, which is how output shapes are planne
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported by the functions that call it: the rule tables load without it
+    import torch
 
 __all__ = [
     "add_unit_offset", "cut_vocab", "dequantize", "group_qkv_by_head", "group_qkv_by_kind", "merge_qkv",
@@ -44,6 +47,8 @@ def split_qkv(w: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int) -> 
 
 def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`split_qkv`."""
+    import torch
+
     return torch.cat([q, k, v], dim=0)
 
 
@@ -74,6 +79,8 @@ def unstack_experts(w: torch.Tensor, n_experts: int, transpose_blocks: bool = Fa
 
 def stack_experts(blocks: list[torch.Tensor], transpose_blocks: bool = False) -> torch.Tensor:
     """Inverse of :func:`unstack_experts`."""
+    import torch
+
     return torch.cat([b.t() for b in blocks] if transpose_blocks else blocks, dim=0)
 
 
@@ -96,16 +103,23 @@ def cut_vocab(w: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 def pad_vocab(w: torch.Tensor, rows: int) -> torch.Tensor:
     """Inverse of :func:`cut_vocab` up to the padding rows, which come back as zeros."""
+    import torch
+
     return torch.cat([w, w.new_zeros(rows - w.shape[0], *w.shape[1:])], dim=0)
 
 
-def dequantize(weight: torch.Tensor, scaler: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """int8 rows times a per-row float scale (gemma_pytorch ``quant=True``)."""
+def dequantize(weight: torch.Tensor, scaler: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """int8 rows times a per-row float scale (gemma_pytorch ``quant=True``), in ``dtype`` (default float32)."""
+    import torch
+
+    dtype = dtype or torch.float32
     return weight.to(dtype) * scaler.to(dtype).unsqueeze(-1)
 
 
 def quantize(w: torch.Tensor) -> list[torch.Tensor]:
     """Symmetric per-row int8 quantisation; inverse of :func:`dequantize` for the values it produces."""
+    import torch
+
     scaler = w.abs().amax(dim=-1).clamp_min(1e-12) / 127
     return [torch.round(w / scaler.unsqueeze(-1)).clamp(-127, 127).to(torch.int8), scaler.float()]
 
@@ -119,6 +133,7 @@ def concat_ranks(w: torch.Tensor, dim: int) -> torch.Tensor:
     Rank r's slice comes r-th, as fairscale's all-gather orders them (column-parallel: dim 0, row-parallel:
     dim 1). Along dim 0 this is a view, no copy.
 
+    >>> import torch
     >>> concat_ranks(torch.tensor([[[0, 1]], [[2, 3]]]), dim=1).tolist()
     [[0, 1, 2, 3]]
     """

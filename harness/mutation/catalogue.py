@@ -10,14 +10,15 @@ transformers scripts this project replaces) live beside each family in ``convert
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.mapping import transforms
 from harness.mapping.keymap import Step
 from harness.mapping.rules import CutVocab, GroupQKV, Rotary, Split
 from harness.mutation.planting import Catalogue, Mutable, config_items, rerun, set_config, swap_blocks, swap_names
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["GENERIC"]
 
@@ -27,6 +28,8 @@ GENERIC = Catalogue()  # in the order the functions below are defined
 @GENERIC.add
 def transpose_square_weight(m: Mutable) -> None:
     """A square matrix written transposed ([in, out] where [out, in] belongs): shape checks cannot see it."""
+    import torch
+
     for name, t in m.tensors.items():
         if t.dim() == 2 and t.shape[0] == t.shape[1] and not torch.equal(t, t.t()):
             m.tensors[name] = t.t().contiguous()
@@ -93,6 +96,8 @@ def split_order_kv_swapped(m: Mutable) -> None:
 @GENERIC.add
 def zero_bias(m: Mutable) -> None:
     """The biases of one rule written as zeros (a converter that initialised instead of copying them)."""
+    import torch
+
     for name in _first_bias_rule_targets(m):
         m.tensors[name] = torch.zeros_like(m.tensors[name])
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.mapping.conversion import Converted
 from harness.mapping.keymap import Step
 from harness.mapping.rules import Rule
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Catalogue", "Mutable", "Mutant", "about", "config_items", "rerun", "set_config", "swap_blocks",
            "swap_names"]
@@ -108,4 +109,6 @@ def set_config(m: Mutable, pred: Callable[[str], bool], fn: Callable[[Any], Any]
 
 
 def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    import torch
+
     return a is b or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b))

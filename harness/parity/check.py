@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.mapping.conversion import SourceCheckpoint, write_converted
+from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.family import Case, Family
+from harness.mapping.output import write_converted
 from harness.parity.parity import ParityResult, cuda_skip_reason, load_converted, make_tokens, run_parity
 
 __all__ = ["DEFAULT_DTYPES", "RoundTrip", "check_family", "hash_files", "round_trip"]

@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from harness.io.tensor_store import DTYPES
+from harness.io.raw_dtypes import CAST_DTYPES
 
 __all__ = ["DTYPES", "TOLERANCES", "Metrics", "Tolerance", "compare_logits", "tolerance_for"]
 
+DTYPES = {name: getattr(torch, name) for name in CAST_DTYPES}
 
 
 @dataclass(frozen=True)

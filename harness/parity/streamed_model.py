@@ -31,7 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from harness.errors import ConversionError
-from harness.io.tensor_store import SAFETENSORS_DTYPES, load_pickle
+from harness.io.tensor_store import load_pickle, safetensors_dtypes
 
 __all__ = ["StreamedModel", "StreamedOutput", "Unit"]
 
@@ -221,7 +221,7 @@ def _open(path: Path) -> Any:
 
 
 def _dtype(t: Any) -> torch.dtype:
-    return t.dtype if torch.is_tensor(t) else SAFETENSORS_DTYPES[t.get_dtype()]
+    return t.dtype if torch.is_tensor(t) else safetensors_dtypes()[t.get_dtype()]
 
 
 def _narrow_params(meta: dict[str, nn.Parameter], stored: dict[str, torch.dtype]) -> dict[str, nn.Parameter]:

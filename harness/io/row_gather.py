@@ -1,0 +1,112 @@
+"""A tensor whose bytes are several runs of source files, in order: the q/k rotary permutation (rows of a head,
+evens then odds), a row block of stacked experts, a split of fused rows. It is written without torch and without
+computing anything: long runs are copied file to file in the kernel, short ones are read straight into their
+place in one bounded buffer (one ``preadv`` per run of source-adjacent parts) and written with ``pwrite``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.io.file_regions import FileRegion, copy_region, nbytes
+
+__all__ = ["RowGather", "write_gather"]
+
+_KERNEL_RUN = 1 << 20  # runs at least this long are copied in the kernel; shorter ones go through the buffer
+_BUFFER = 1 << 24  # the buffer that gathers short runs
+_IOV_MAX = 1024  # POSIX guarantees at least this many buffers per preadv
+
+
+@dataclass(frozen=True)
+class RowGather:
+    """The concatenation of ``parts`` (regions of source files), holding a tensor of ``shape`` and ``dtype``."""
+
+    parts: tuple[FileRegion, ...]
+    shape: tuple[int, ...]
+    dtype: Any
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.shape, self.dtype)
+
+    def spans(self) -> list[FileRegion]:
+        """The parts merged where they touch in their file, in file order: the source bytes the tensor covers.
+
+        >>> from harness.io.raw_dtypes import BY_NAME
+        >>> u8 = BY_NAME["uint8"]
+        >>> g = RowGather(tuple(FileRegion(Path("f"), o, (2,), u8) for o in (2, 0, 6)), (6,), u8)
+        >>> [(s.offset, s.nbytes) for s in g.spans()]
+        [(0, 4), (6, 2)]
+        """
+        out: list[FileRegion] = []
+        for part in sorted(self.parts, key=lambda p: (str(p.path), p.offset)):
+            last = out[-1] if out else None
+            if last is not None and last.path == part.path and last.offset + last.nbytes == part.offset:
+                out[-1] = _flat(last.path, last.offset, last.nbytes + part.nbytes, part.dtype)
+            else:
+                out.append(_flat(part.path, part.offset, part.nbytes, part.dtype))
+        return out
+
+
+def write_gather(gather: RowGather, fd: int, offset: int) -> None:
+    """Write ``gather``'s bytes into the open file ``fd`` at ``offset``."""
+    buf = memoryview(bytearray(min(gather.nbytes, _BUFFER)))
+    pending: list[tuple[FileRegion, int]] = []  # short parts and their offsets in the buffer
+    used, start = 0, offset
+    for part in gather.parts:
+        if part.nbytes >= _KERNEL_RUN or used + part.nbytes > len(buf):
+            _flush(buf, pending, fd, start, used)
+            pending, used, start = [], 0, offset
+        if part.nbytes >= _KERNEL_RUN or part.nbytes > len(buf):
+            copy_region(part, fd, offset)
+            offset += part.nbytes
+            start = offset
+            continue
+        pending.append((part, used))
+        used += part.nbytes
+        offset += part.nbytes
+    _flush(buf, pending, fd, start, used)
+
+
+def _flush(buf: memoryview, pending: list[tuple[FileRegion, int]], fd: int, offset: int, used: int) -> None:
+    if not pending:
+        return
+    files: dict[str, int] = {}
+    try:
+        for group in _adjacent(pending):
+            path = str(group[0][0].path)
+            if path not in files:
+                files[path] = os.open(path, os.O_RDONLY)
+            want = sum(p.nbytes for p, _ in group)
+            if os.preadv(files[path], [buf[at: at + p.nbytes] for p, at in group], group[0][0].offset) != want:
+                raise OSError(errno.EIO, f"{path} ended inside a tensor")
+    finally:
+        for f in files.values():
+            os.close(f)
+    view = buf[:used]
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _adjacent(pending: list[tuple[FileRegion, int]]) -> Iterator[list[tuple[FileRegion, int]]]:
+    """Parts grouped where each begins in its file where the previous one ended (one ``preadv`` per group)."""
+    group: list[tuple[FileRegion, int]] = []
+    for item in sorted(pending, key=lambda p: (str(p[0].path), p[0].offset)):
+        last = group[-1][0] if group else None
+        if last is not None and (last.path != item[0].path or last.offset + last.nbytes != item[0].offset
+                                 or len(group) == _IOV_MAX):
+            yield group
+            group = []
+        group.append(item)
+    if group:
+        yield group
+
+
+def _flat(path: Path, offset: int, length: int, dtype: Any) -> FileRegion:
+    return FileRegion(path, offset, (length // dtype.itemsize,), dtype)

@@ -1,0 +1,151 @@
+"""The torch-free byte path: it writes exactly the bytes the torch path writes, every row plan is its rule's
+forward, and the file indexes describe what torch reads (or decline, without running anything)."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from harness.io import row_gather
+from harness.io.file_regions import FileRegion
+from harness.io.raw_dtypes import BY_NAME
+from harness.io.row_gather import RowGather, write_gather
+from harness.io.safetensors_index import index_safetensors
+from harness.io.stored_tensor import NotIndexableError
+from harness.io.torch_zip_index import index_torch_zip
+from harness.mapping import output
+from harness.mapping.raw_conversion import raw_conversion
+from harness.mapping.row_plans import row_plan
+from harness.registry import families
+
+CASES = [(name, case) for name, fam in families().items() for case in fam.cases]
+# The cases whose every step moves bytes only and whose files hold every tensor contiguously (the others: a
+# transpose, dequantization or a merge of rank files computes, or a pickle holds more than tensors).
+RAW = {("mixtral", "gqa"), ("mixtral", "mqa-top1"), ("mixtral", "mha-top3"), ("gemma", "gqa-sharded-eps"),
+       ("llama", "llama31-scaled"), *(("phi", c) for c in families()["phi"].cases)}
+
+
+def _source(tmp_path: Path, family: str, case: str):  # noqa: ANN202 - a family's SourceCheckpoint
+    fam, spec = families()[family], families()[family].cases[case]
+    fam.write(fam.tiny(0, layout=spec.layout, **spec.config), tmp_path / "src", container=spec.container)
+    return fam, fam.read(tmp_path / "src")
+
+
+@pytest.mark.parametrize(("family", "case"), CASES, ids=[f"{f}-{c}" for f, c in CASES])
+def test_the_byte_path_writes_what_the_torch_path_writes(tmp_path: Path, family: str, case: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    fam, source = _source(tmp_path, family, case)
+    raw = raw_conversion(fam.convert(source))
+    assert (raw is not None) == ((family, case) in RAW)
+    if raw is None:
+        pytest.skip("a step computes: the torch path alone")
+    output.write_converted(fam.convert(source), tmp_path / "raw", max_shard_size=20_000)
+    monkeypatch.setattr(output, "raw_conversion", lambda *a: None)
+    output.write_converted(fam.convert(source), tmp_path / "torch", max_shard_size=20_000)
+    files = sorted(p.name for p in (tmp_path / "torch").iterdir())
+    assert len(files) > 2  # several shards and an index
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == files
+    for name in files:
+        assert (tmp_path / "raw" / name).read_bytes() == (tmp_path / "torch" / name).read_bytes(), name
+
+
+def test_a_cast_or_a_compute_step_takes_the_torch_path(tmp_path: Path) -> None:
+    fam, source = _source(tmp_path, "mixtral", "gqa")
+    assert raw_conversion(fam.convert(source), "float16") is None  # stored as float32
+    assert raw_conversion(fam.convert(source), "float32") is not None
+    fused = _source(tmp_path / "fused", "mixtral", "fused-shards")
+    assert raw_conversion(fused[0].convert(fused[1])) is None  # w2 blocks are transposed
+
+
+@pytest.mark.parametrize(("family", "case"), CASES, ids=[f"{f}-{c}" for f, c in CASES])
+def test_every_row_plan_is_its_rules_forward(tmp_path: Path, family: str, case: str) -> None:
+    fam, source = _source(tmp_path, family, case)
+    converted = fam.convert(source)
+    planned = 0
+    for step in converted.steps:
+        inputs = [source.tensors[k] for k in step.sources]
+        plan = row_plan(step.rule, [tuple(t.shape) for t in inputs], converted.dims)
+        if plan is None:
+            continue
+        planned += 1
+        flat = [t.contiguous().reshape(-1) for t in inputs]
+        for expected, (shape, runs) in zip(step.run(inputs, converted.dims), plan, strict=True):
+            got = torch.cat([flat[i][first: first + n] for i, first, n in runs]).reshape(shape)
+            assert torch.equal(got, expected), step
+    assert planned or (family, case) not in RAW
+
+
+def test_the_zip_index_describes_what_torch_loads(tmp_path: Path) -> None:
+    base = torch.arange(600, dtype=torch.float32).reshape(60, 10)
+    state = {"a": base, "rows": base[10:20], "cols": base[:, 2:5], "b": torch.ones(3, dtype=torch.bfloat16),
+             "p": torch.nn.Parameter(torch.randn(4, 4)), "empty": torch.empty(0, 3), "i8": torch.ones(5).char()}
+    torch.save({"model": state, "step": 3, "note": "text"}, tmp_path / "x.pt")
+    found = index_torch_zip(tmp_path / "x.pt", key="model")
+    assert {k: (t.shape, str(t.dtype)) for k, t in found.items()} == \
+        {k: (tuple(t.shape), str(t.dtype)) for k, t in state.items()}
+    assert {k for k, t in found.items() if t.region is not None} == {"a", "rows", "b", "p", "i8"}
+    assert all(torch.equal(t.region.mapped(), state[k].detach()) for k, t in found.items() if t.region)
+    with pytest.raises(NotIndexableError, match="not a flat state dict"):
+        index_torch_zip(tmp_path / "x.pt")  # the top level holds an int and a string too
+
+
+class _Boom:
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path("/tmp/convparity-index-ran-code"),))
+
+
+@pytest.mark.parametrize("payload", [_Boom(), torch.float32], ids=["code", "dtype-global"])
+def test_the_zip_index_declines_other_globals_without_running_them(tmp_path: Path, payload: object) -> None:
+    marker = Path("/tmp/convparity-index-ran-code")
+    marker.unlink(missing_ok=True)
+    torch.save({"w": torch.zeros(2)}, tmp_path / "x.pt")
+    with zipfile.ZipFile(tmp_path / "x.pt") as z:
+        records = {i.filename: z.read(i) for i in z.infolist()}
+    pkl = next(n for n in records if n.endswith("data.pkl"))
+    records[pkl] = pickle.dumps({"w": payload}, protocol=2)
+    with zipfile.ZipFile(tmp_path / "y.pt", "w", zipfile.ZIP_STORED) as z:
+        for name, data in records.items():
+            z.writestr(name, data)
+    with pytest.raises(NotIndexableError, match="data.pkl names"):
+        index_torch_zip(tmp_path / "y.pt")
+    assert not marker.exists()
+
+
+def test_the_safetensors_index_checks_the_header(tmp_path: Path) -> None:
+    state = {"w": torch.randn(7, 5), "h": torch.randn(3).half()}
+    save_file(state, tmp_path / "x.safetensors")
+    found = index_safetensors(tmp_path / "x.safetensors")
+    assert all(torch.equal(found[k].region.mapped(), t) for k, t in state.items())
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(raw[:-4])  # the last tensor ends past the file
+    with pytest.raises(NotIndexableError, match="data_offsets"):
+        index_safetensors(tmp_path / "cut.safetensors")
+    (tmp_path / "long.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + raw[8:])
+    with pytest.raises(NotIndexableError, match="header length"):
+        index_safetensors(tmp_path / "long.safetensors")
+
+
+@pytest.mark.parametrize(("buffer", "kernel_run"), [(1 << 24, 1 << 20), (64, 40), (64, 1 << 20)],
+                         ids=["default", "small-buffer-and-kernel-runs", "small-buffer"])
+def test_a_row_gather_writes_its_parts_in_order(tmp_path: Path, buffer: int, kernel_run: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(row_gather, "_BUFFER", buffer)
+    monkeypatch.setattr(row_gather, "_KERNEL_RUN", kernel_run)
+    data = bytes(torch.randint(0, 256, (4000,), dtype=torch.uint8).tolist())
+    (tmp_path / "a").write_bytes(data)
+    (tmp_path / "b").write_bytes(data[::-1])
+    u8 = BY_NAME["uint8"]
+    spans = [("a", 0, 10), ("b", 5, 50), ("a", 10, 3), ("a", 13, 7), ("a", 100, 1000), ("b", 0, 5), ("a", 30, 60)]
+    parts = tuple(FileRegion(tmp_path / f, off, (n,), u8) for f, off, n in spans)
+    gather = RowGather(parts, (sum(n for _, _, n in spans),), u8)
+    with open(tmp_path / "out", "wb+") as f:
+        f.write(b"\xff" * 7)
+        write_gather(gather, f.fileno(), 7)
+    source = {"a": data, "b": data[::-1]}
+    assert (tmp_path / "out").read_bytes() == b"\xff" * 7 + b"".join(source[f][o: o + n] for f, o, n in spans)
