@@ -13,18 +13,25 @@ Llama 3.1's scaled rotary frequencies. Never imports transformers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["forward"]
+__all__ = ["Probe", "forward"]
+
+# Sees a block's named points, each as (input, output); diagnosis records them (forward's docstring lists them).
+Probe = Callable[[dict[str, tuple[torch.Tensor, torch.Tensor]]], None]
 
 
 def forward(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], tokens: torch.Tensor, *,
-            hidden_states: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """``Transformer.forward`` (L2 457-495, L3 281-...) at start_pos 0: float32 logits [B, T, vocab]."""
+            hidden_states: bool = False, probe: Probe | None = None
+            ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """``Transformer.forward`` (L2 457-495, L3 281-...) at start_pos 0: float32 logits [B, T, vocab].
+
+    ``probe``, when given, sees each named point's (input, output): ``embedding``, ``layers.N.attention_norm``,
+    ``layers.N.attention``, ``layers.N.ffn_norm``, ``layers.N.feed_forward``, ``norm``, ``output``."""
     B, T = tokens.shape
     head_dim = config["dim"] // config["n_heads"]  # L2 205
     theta = config.get("rope_theta") or 10000.0  # Llama 1/2 ModelArgs has no field: the default of L2 80
@@ -33,11 +40,13 @@ def forward(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], toke
     h = embedding(tensors["tok_embeddings.weight"], tokens, config["dim"])  # (B, T, dim)
     states = [h.float()]
     for i in range(config["n_layers"]):
-        h = transformer_block(tensors, f"layers.{i}.", config, h, freqs_cis, mask)
+        h = transformer_block(tensors, f"layers.{i}.", config, h, freqs_cis, mask, probe)
         states.append(h.float())
-    h = rms_norm(h, replicated(tensors["norm.weight"]), config.get("norm_eps", 1e-5))
+    normed = rms_norm(h, replicated(tensors["norm.weight"]), config.get("norm_eps", 1e-5))
     # ColumnParallelLinear with gather_output (L2 446-448): each rank's vocabulary slice, gathered in rank order.
-    logits = torch.cat([h @ w.t() for w in tensors["output.weight"]], dim=-1).float()  # (B, T, vocab)
+    logits = torch.cat([normed @ w.t() for w in tensors["output.weight"]], dim=-1).float()  # (B, T, vocab)
+    if probe is not None:
+        probe({"embedding": (tokens, states[0]), "norm": (h, normed), "output": (normed, logits)})
     return (logits, states) if hidden_states else logits
 
 
@@ -131,8 +140,14 @@ def feed_forward(t: Mapping[str, torch.Tensor], p: str, x: torch.Tensor) -> torc
 
 
 def transformer_block(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: torch.Tensor,
-                      freqs_cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                      freqs_cis: torch.Tensor, mask: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
     """``TransformerBlock.forward`` (L2 406-409, L3 252-254): pre-norm attention, then pre-norm FFN, residual."""
     eps = c.get("norm_eps", 1e-5)
-    h = x + attention(t, p, c, rms_norm(x, replicated(t[p + "attention_norm.weight"]), eps), freqs_cis, mask)
-    return h + feed_forward(t, p, rms_norm(h, replicated(t[p + "ffn_norm.weight"]), eps))
+    a = rms_norm(x, replicated(t[p + "attention_norm.weight"]), eps)
+    h = x + (att := attention(t, p, c, a, freqs_cis, mask))
+    f = rms_norm(h, replicated(t[p + "ffn_norm.weight"]), eps)
+    out = h + (ffn := feed_forward(t, p, f))
+    if probe is not None:
+        probe({p + "attention_norm": (x, a), p + "attention": (a, att), p + "ffn_norm": (h, f),
+               p + "feed_forward": (f, ffn)})
+    return out
