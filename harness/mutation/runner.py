@@ -42,8 +42,8 @@ from harness.parity.report import write_document
 from harness.registry import Case, Family
 from harness.terminal import bar
 
-__all__ = ["BATCH", "SEQ", "CaseRun", "MutationCase", "Record", "cases_for", "evaluate", "mutants_for", "prepare",
-           "run_family", "run_mutate", "summary"]
+__all__ = ["BATCH", "SEQ", "CaseRun", "MutationCase", "Record", "cases_for", "evaluate", "mutants_for", "plant",
+           "prepare", "run_family", "run_mutate", "summary", "write_mutable"]
 
 BATCH, SEQ = 2, 32  # long enough that rotary-frequency and position errors reach the logits
 
@@ -130,7 +130,7 @@ def evaluate(family: Family, run: CaseRun, m: Mutable, reference: SourceCheckpoi
     """Write ``m`` as a ``dtype`` checkpoint, load it, and hold it to float32 parity against ``reference``."""
     out = Path(tempfile.mkdtemp(dir=workdir)) / "hf"
     try:
-        _write(m, out, DTYPES[dtype])
+        write_mutable(m, out, DTYPES[dtype])
         try:
             model = load_converted(out, "cpu", "float32", family)
         except Exception as err:  # noqa: BLE001 - any load failure is the check catching the conversion
@@ -170,7 +170,7 @@ def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: boo
             controls.append(rec)
     records = []
     for mutant in bar(mutants_for(family), f"mutate {family.name}", quiet):
-        planted = [(run, _plant(mutant, run.clean)) for run in runs]
+        planted = [(run, plant(mutant, run.clean)) for run in runs]
         live = [(run, m) for run, m in planted if not m.same_as(run.clean)]
         for dtype in dtypes:
             rec = Record(family.name, mutant.__name__, dtype, bool(live), False, detail="changes nothing here")
@@ -253,7 +253,8 @@ def _cell(r: Record) -> str:
     return f"killed ({r.metric}{ratio}, {r.case})"
 
 
-def _plant(mutant: Mutant, clean: Mutable) -> Mutable:
+def plant(mutant: Mutant, clean: Mutable) -> Mutable:
+    """A copy of the clean conversion with ``mutant`` planted."""
     m = clean.copy()
     mutant(m)
     return m
@@ -263,7 +264,8 @@ def _killed(run: CaseRun, dtype: str, metric: str, detail: str) -> Record:
     return Record("", "", dtype, True, True, run.name, metric, None, None, math.inf, detail)
 
 
-def _write(m: Mutable, out: Path, dtype: torch.dtype) -> None:
+def write_mutable(m: Mutable, out: Path, dtype: torch.dtype) -> None:
+    """Write a (planted) conversion as a transformers directory of ``dtype`` weights."""
     tensors = {k: (t.to(dtype) if t.is_floating_point() else t).contiguous() for k, t in m.tensors.items()}
     specs = [TensorSpec(k, tuple(t.shape), t.dtype) for k, t in tensors.items()]
     write_model_dir(out, {**m.config, "dtype": str(dtype)[6:]}, specs, tensors.items(), 2**62)
