@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.teacher import Reading
+from harness.parity.teacher import Reading
 
 __all__ = ["BINS", "Mark", "Signature", "from_load", "from_readings", "similarity"]
 

@@ -2,9 +2,9 @@
 
 For a failing case: the reference's named points are recorded once; each sub-module of the converted model is
 fed the reference's input at its point, and the first that disagrees is named with its error, the noise of the
-sub-modules that agree, and the converted tensors that feed it (``harness.observe``). Then every applicable
+sub-modules that agree, and the converted tensors that feed it (``harness.parity.observe``). Then every applicable
 mutant of the catalogue is planted in the clean conversion of the same tiny source, observed the same way, and
-ranked by how alike its divergence signature is to the failure's (``harness.signature``). Mutants whose
+ranked by how alike its divergence signature is to the failure's (``harness.parity.signature``). Mutants whose
 signatures are the same on that case cannot be told apart there, and are reported together as one class.
 Catalogue signatures are cached per case and clean conversion, so a second failure of the case costs one load.
 """
@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from harness.mutate import CaseRun, mutants_for, plant, write_mutable
-from harness.observe import Finding, observe
-from harness.points import Recording, Site, points_for, record, sites
+from harness.mutation.runner import CaseRun, mutants_for, plant, write_mutable
+from harness.parity.observe import Finding, observe
+from harness.parity.points import Recording, Site, points_for, record, sites
+from harness.parity.signature import Signature, similarity
 from harness.registry import Family
-from harness.signature import Signature, similarity
 
 __all__ = ["SAME", "Diagnosis", "Match", "catalogue", "diagnose", "rank"]
 
@@ -81,8 +81,8 @@ def diagnose(family: Family, run: CaseRun, model_dir: Path, workdir: Path, use_c
              ) -> Diagnosis | None:
     """Diagnose the conversion in ``model_dir`` of ``run``'s source; None when every sub-module agrees.
 
-    ``run`` is the case as ``harness.mutate.prepare`` makes it (source, clean conversion, tokens); the catalogue
-    is planted in ``run.clean``.
+    ``run`` is the case as ``harness.mutation.runner.prepare`` makes it (source, clean conversion, tokens); the
+    catalogue is planted in ``run.clean``.
     """
     start = time.perf_counter()
     recording, where = _points(family, run)

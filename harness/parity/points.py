@@ -4,7 +4,7 @@ A family declares them once, in ``converters/<family>/points.py``: each :class:`
 reference reports through ``forward(..., probe=...)`` with the module path of the transformers sub-module that
 computes the same output from the same input, and names the transformers config fields that drive it (a norm's
 epsilon, the rotary base, the activation). Diagnosis records every point of the reference once, then feeds
-each sub-module of the converted model the reference's own input at its point (``harness.teacher``).
+each sub-module of the converted model the reference's own input at its point (``harness.parity.teacher``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from harness.conversion import SourceCheckpoint
-from harness.parity import UpcastTensors
+from harness.mapping.conversion import SourceCheckpoint
+from harness.parity.parity import UpcastTensors
 from harness.registry import Family
 
 __all__ = ["Point", "Recording", "Site", "points_for", "record", "sites"]

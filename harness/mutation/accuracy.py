@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from harness.diagnosis import diagnose
-from harness.mutants import Mutable
-from harness.mutate import CaseRun, cases_for, evaluate, mutants_for, plant, prepare, write_mutable
-from harness.parity import load_converted
-from harness.points import points_for, record, sites
+from harness.mutation.catalogue import Mutable
+from harness.mutation.diagnosis import diagnose
+from harness.mutation.runner import CaseRun, cases_for, evaluate, mutants_for, plant, prepare, write_mutable
+from harness.parity.parity import load_converted
+from harness.parity.points import points_for, record, sites
+from harness.parity.teacher import feeds
 from harness.registry import Family
-from harness.teacher import feeds
 from harness.terminal import bar
 
 __all__ = ["Trial", "accuracy_table", "run_accuracy", "touched"]

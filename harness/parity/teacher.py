@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from harness.points import Recording, Site
+from harness.parity.points import Recording, Site
 
 __all__ = ["Reading", "feeds", "teacher_force"]
 

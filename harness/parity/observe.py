@@ -1,7 +1,7 @@
 """One converted directory observed the way diagnosis needs: its load report or its teacher-forced readings.
 
 A load that reports keys (missing, unexpected, mis-shaped) is its own finding: the keys name the sub-modules.
-Otherwise each sub-module is teacher-forced (``harness.teacher``); the first that disagrees is the finding.
+Otherwise each sub-module is teacher-forced (``harness.parity.teacher``); the first that disagrees is the finding.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from harness.parity import load_converted
-from harness.points import Recording, Site
+from harness.parity.parity import load_converted
+from harness.parity.points import Recording, Site
+from harness.parity.signature import Mark, Signature, from_load, from_readings, owner
+from harness.parity.teacher import Reading, feeds, teacher_force
 from harness.registry import Family
-from harness.signature import Mark, Signature, from_load, from_readings, owner
-from harness.teacher import Reading, feeds, teacher_force
 
 __all__ = ["Finding", "Observation", "observe"]
 
