@@ -42,6 +42,7 @@ class ParityResult:
     seconds: float = 0.0
     # per hidden state then the logits: {"name", "rel" (max abs error / scale), "bound", "noise"}, all relative
     per_layer: list[dict[str, Any]] = field(default_factory=list)
+    diagnosis: str | None = None  # where a failure is: set by the front ends (harness.mutation.on_failure)
 
     @property
     def passed(self) -> bool:
