@@ -126,9 +126,12 @@ def gate(args: argparse.Namespace) -> int:
 
 
 def mutate(args: argparse.Namespace) -> int:
+    from harness.mutation.accuracy import run_diagnose
     from harness.mutation.runner import run_mutate
 
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
+    if args.diagnose:
+        return run_diagnose(chosen, json_path=args.json, quiet=args.quiet)
     return run_mutate(chosen, _choices(args.dtypes, DTYPES, "dtype"), json_path=args.json, html=args.html,
                       quiet=args.quiet)
 

@@ -22,11 +22,14 @@ from harness.mutation.diagnosis import diagnose
 from harness.mutation.runner import CaseRun, cases_for, evaluate, mutants_for, plant, prepare, write_mutable
 from harness.parity.parity import load_converted
 from harness.parity.points import points_for, record, sites
+from harness.parity.report import write_document
 from harness.parity.teacher import feeds
 from harness.registry import Family
 from harness.terminal import bar
 
-__all__ = ["Trial", "accuracy_table", "run_accuracy", "touched"]
+__all__ = ["TARGETS", "Trial", "accuracy_table", "meets_targets", "run_accuracy", "run_diagnose", "touched"]
+
+TARGETS = {"touched": 100.0, "top-1": 90.0, "top-3": 100.0}  # percent of killed mutants (issue #14)
 
 
 @dataclass
@@ -49,11 +52,15 @@ class Trial:
 
 
 def run_accuracy(family: Family, workdir: Path, quiet: bool = True) -> list[Trial]:
-    """A :class:`Trial` per (mutant, case) where the mutant changes the conversion, float32 checkpoints."""
+    """A :class:`Trial` per (mutant, case) where the mutant changes the conversion, float32 checkpoints, and one
+    per case for the clean conversion (``mutant`` "(clean)"; its ``summary`` is empty unless it was diagnosed)."""
     trials = []
     for name, case in bar(list(cases_for(family).items()), f"diagnose {family.name}", quiet):
         run = prepare(family, name, case, workdir)
         module_feeds = _feeds(family, run, workdir)
+        clean = Trial(family.name, name, "(clean)", False)
+        _diagnose(family, run, run.clean, clean, module_feeds, workdir)
+        trials.append(clean)
         for mutant in mutants_for(family):
             m = plant(mutant, run.clean)
             if m.same_as(run.clean):
@@ -64,6 +71,37 @@ def run_accuracy(family: Family, workdir: Path, quiet: bool = True) -> list[Tria
                 _diagnose(family, run, m, trial, module_feeds, workdir)
             trials.append(trial)
     return trials
+
+
+def run_diagnose(families: list[Family], json_path: Path | None = None, quiet: bool = False) -> int:
+    """``convparity mutate --diagnose``: the accuracy table; 1 if a family misses a target or a clean conversion
+    is diagnosed."""
+    start = time.perf_counter()
+    trials: list[Trial] = []
+    with tempfile.TemporaryDirectory(prefix="convparity-diagnose-") as d:
+        for fam in families:
+            trials += run_accuracy(fam, Path(d), quiet=quiet)
+    for t in trials:
+        if t.killed and (not t.touched or t.rank != 1):
+            print(f"{t.family} {t.case} {t.mutant}: rank {t.rank}, named {t.point} "
+                  f"({'touched' if t.touched else 'NOT touched'}): {t.summary}")
+    for line in accuracy_table(trials):
+        print(line)
+    print(f"in {time.perf_counter() - start:.1f}s")
+    if json_path is not None:
+        write_document(json_path, "mutate-diagnose", [t.as_dict() for t in trials])
+    return 0 if meets_targets(trials) else 1
+
+
+def meets_targets(trials: list[Trial]) -> bool:
+    """Every family's killed trials reach ``TARGETS``, and no clean conversion is diagnosed."""
+    if any(t.mutant == "(clean)" and t.summary for t in trials):
+        return False
+    for fam in dict.fromkeys(t.family for t in trials):
+        pct = _percentages([t for t in trials if t.family == fam and t.killed])
+        if any(pct[k] < v for k, v in TARGETS.items()):
+            return False
+    return True
 
 
 def touched(clean: Mutable, m: Mutable, module_feeds: dict[str, tuple[str, list[str], tuple[str, ...]]]) -> set[str]:
@@ -83,6 +121,8 @@ def accuracy_table(trials: list[Trial]) -> list[str]:
     for fam in dict.fromkeys(t.family for t in trials):
         lines.append(_row(fam, [t for t in trials if t.family == fam and t.killed]))
     lines.append(_row("all", [t for t in trials if t.killed]))
+    clean = [t for t in trials if t.mutant == "(clean)"]
+    lines.append(f"clean conversions: {len(clean)}, diagnosed: {sum(1 for t in clean if t.summary)}")
     return lines
 
 
@@ -94,7 +134,7 @@ def _diagnose(family: Family, run: CaseRun, m: Mutable, trial: Trial,
         found = diagnose(family, run, Path(d) / "hf", workdir)
         trial.seconds = time.perf_counter() - start
     if found is None:
-        trial.summary = "no sub-module disagrees"
+        trial.summary = "" if trial.mutant == "(clean)" else "no sub-module disagrees"
         return
     trial.summary = found.summary()
     if found.finding is not None:
@@ -123,10 +163,16 @@ def _changed(a: Any, b: Any, key: str = "") -> set[str]:
     return {key} if a != b and key else set()
 
 
-def _row(name: str, killed: list[Trial]) -> str:
+def _percentages(killed: list[Trial]) -> dict[str, float]:
     n = len(killed) or 1
-    pct = [100.0 * sum(c(t) for t in killed) / n for c in (lambda t: t.touched, lambda t: t.rank == 1,
-                                                              lambda t: t.rank is not None and t.rank <= 3)]
-    size = sum(t.class_size for t in killed) / n
+    return {"touched": 100.0 * sum(t.touched for t in killed) / n,
+            "top-1": 100.0 * sum(t.rank == 1 for t in killed) / n,
+            "top-3": 100.0 * sum(t.rank is not None and t.rank <= 3 for t in killed) / n}
+
+
+def _row(name: str, killed: list[Trial]) -> str:
+    pct = _percentages(killed)
+    size = sum(t.class_size for t in killed) / (len(killed) or 1)
     slowest = max((t.seconds for t in killed), default=0.0)
-    return f"{name:<9} {len(killed):>6} {pct[0]:>7.0f}% {pct[1]:>5.0f}% {pct[2]:>5.0f}% {size:>6.2f} {slowest:>9.2f}"
+    return (f"{name:<9} {len(killed):>6} {pct['touched']:>7.1f}% {pct['top-1']:>5.1f}% {pct['top-3']:>5.1f}% "
+            f"{size:>6.2f} {slowest:>9.2f}")
