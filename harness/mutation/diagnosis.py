@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from harness.mutation.runner import CaseRun, mutants_for, plant, write_mutable
-from harness.parity.observe import Finding, observe
+from harness.parity.observe import BOUND, Finding, observe
 from harness.parity.points import Recording, Site, points_for, record, sites
 from harness.parity.signature import Signature, similarity
 from harness.registry import Family
@@ -30,11 +30,6 @@ from harness.registry import Family
 __all__ = ["SAME", "Diagnosis", "Match", "catalogue", "diagnose", "rank"]
 
 SAME = 0.999  # signatures this alike are one class: the case cannot tell those mutants apart
-# A sub-module disagrees when max |reference - converted| / max |reference| at its output exceeds this. Correct
-# sub-modules of every tiny case measure at most 6.1e-7 in float32 (the attention's kernels differ; norms,
-# embeddings and heads measure 0); a norm epsilon of 1e-6 for 1e-5, the smallest planted bug, measures 4.7e-6 at
-# the first norm. Diagnosis runs only once parity has failed; this bound never decides a verdict.
-BOUND = 2e-6
 TOP = 5
 
 

@@ -83,7 +83,7 @@ def _reading(site: Site, ref: torch.Tensor, got: torch.Tensor | None, raised: st
         return Reading(site, "raised", detail=raised)
     if got is None:
         return Reading(site, "unseen")
-    got = got.float()
+    got = got.float().cpu()
     if got.shape != ref.shape:
         return Reading(site, "shape", detail=f"output {tuple(got.shape)}, reference {tuple(ref.shape)}")
     diff = (ref - got).abs()
@@ -99,9 +99,9 @@ def _feed(inp: torch.Tensor, name: str, active: list[str], module: Any, args: tu
         return args, kwargs
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor) and a.is_floating_point():
-            return (*args[:i], inp.to(a.dtype).contiguous(), *args[i + 1:]), kwargs
+            return (*args[:i], inp.to(a.device, a.dtype).contiguous(), *args[i + 1:]), kwargs
     key = next(k for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.is_floating_point())
-    return args, {**kwargs, key: inp.to(kwargs[key].dtype).contiguous()}
+    return args, {**kwargs, key: inp.to(kwargs[key].device, kwargs[key].dtype).contiguous()}
 
 
 def _catch(name: str, outputs: dict[str, torch.Tensor], active: list[str], module: Any, args: Any, out: Any) -> None:
