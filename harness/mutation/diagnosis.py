@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from harness.mutation.runner import CaseRun, mutants_for, plant, write_mutable
+from harness.mutation.runner import CaseRun, about, mutants_for, plant, write_mutable
 from harness.parity.observe import BOUND, Finding, observe
 from harness.parity.points import Recording, Site, points_for, record, sites
 from harness.parity.signature import Signature, similarity
@@ -102,22 +102,22 @@ def catalogue(family: Family, run: CaseRun, workdir: Path) -> list[tuple[str, st
                 write_mutable(m, Path(d) / "hf", torch.float32)
                 sig = observe(family, Path(d) / "hf", run.tokens, recording, where, _bound()).signature
             if sig:
-                found.append((mutant.__name__, _about(mutant), sig))
+                found.append((mutant.__name__, about(mutant), sig))
         _CATALOGUES[key] = found
     return _CATALOGUES[key]
 
 
 def rank(observed: Signature, candidates: list[tuple[str, str, Signature]]) -> list[Match]:
     """Classes of candidates, best match first; members of a class have signatures at least ``SAME`` alike."""
-    scored = sorted(((similarity(observed, sig), name, about, sig) for name, about, sig in candidates),
+    scored = sorted(((similarity(observed, sig), name, what, sig) for name, what, sig in candidates),
                     key=lambda s: -s[0])
     matches, taken = [], set()
-    for score, name, about, sig in scored:
+    for score, name, what, sig in scored:
         if name in taken:
             continue
         members = [n for _, n, _, s in scored if n not in taken and similarity(sig, s) >= SAME]
         taken.update(members)
-        matches.append(Match(members, about, round(score, 3)))
+        matches.append(Match(members, what, round(score, 3)))
     return matches[:TOP]
 
 
@@ -143,6 +143,3 @@ def _fingerprint(run: CaseRun) -> str:
         digest.update(name.encode() + bytes(t.contiguous().view(-1).view(torch.uint8).numpy()))
     return digest.hexdigest()
 
-
-def _about(mutant: Any) -> str:
-    return " ".join((mutant.__doc__ or "").split(".")[0].split())

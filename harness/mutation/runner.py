@@ -42,8 +42,8 @@ from harness.parity.report import write_document
 from harness.registry import Case, Family
 from harness.terminal import bar
 
-__all__ = ["BATCH", "SEQ", "CaseRun", "MutationCase", "Record", "cases_for", "evaluate", "mutants_for", "plant",
-           "prepare", "run_family", "run_mutate", "summary", "write_mutable"]
+__all__ = ["BATCH", "SEQ", "CaseRun", "MutationCase", "Record", "about", "cases_for", "evaluate", "mutants_for",
+           "plant", "prepare", "run_family", "run_mutate", "summary", "write_mutable"]
 
 BATCH, SEQ = 2, 32  # long enough that rotary-frequency and position errors reach the logits
 
@@ -181,7 +181,7 @@ def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: boo
                     break
             if tried:
                 rec = max(tried, key=lambda r: (r.killed, r.margin or 0.0))
-            rec.family, rec.mutant, rec.about = family.name, mutant.__name__, _about(mutant)
+            rec.family, rec.mutant, rec.about = family.name, mutant.__name__, about(mutant)
             records.append(rec)
     return records, controls
 
@@ -240,6 +240,25 @@ def summary(records: list[Record], controls: list[Record]) -> list[str]:
     return lines
 
 
+def plant(mutant: Mutant, clean: Mutable) -> Mutable:
+    """A copy of the clean conversion with ``mutant`` planted."""
+    m = clean.copy()
+    mutant(m)
+    return m
+
+
+def write_mutable(m: Mutable, out: Path, dtype: torch.dtype) -> None:
+    """Write a (planted) conversion as a transformers directory of ``dtype`` weights."""
+    tensors = {k: (t.to(dtype) if t.is_floating_point() else t).contiguous() for k, t in m.tensors.items()}
+    specs = [TensorSpec(k, tuple(t.shape), t.dtype) for k, t in tensors.items()]
+    write_model_dir(out, {**m.config, "dtype": str(dtype)[6:]}, specs, tensors.items(), 2**62)
+
+
+def about(mutant: Mutant) -> str:
+    """The first sentence of a mutant's docstring."""
+    return " ".join((mutant.__doc__ or "").split(".")[0].split())
+
+
 def _row(family: str, mutant: str, cells: list[str]) -> str:
     return f"{family:<9} {mutant:<32} " + " ".join(f"{c:<40}" for c in cells).rstrip()
 
@@ -253,22 +272,8 @@ def _cell(r: Record) -> str:
     return f"killed ({r.metric}{ratio}, {r.case})"
 
 
-def plant(mutant: Mutant, clean: Mutable) -> Mutable:
-    """A copy of the clean conversion with ``mutant`` planted."""
-    m = clean.copy()
-    mutant(m)
-    return m
-
-
 def _killed(run: CaseRun, dtype: str, metric: str, detail: str) -> Record:
     return Record("", "", dtype, True, True, run.name, metric, None, None, math.inf, detail)
-
-
-def write_mutable(m: Mutable, out: Path, dtype: torch.dtype) -> None:
-    """Write a (planted) conversion as a transformers directory of ``dtype`` weights."""
-    tensors = {k: (t.to(dtype) if t.is_floating_point() else t).contiguous() for k, t in m.tensors.items()}
-    specs = [TensorSpec(k, tuple(t.shape), t.dtype) for k, t in tensors.items()]
-    write_model_dir(out, {**m.config, "dtype": str(dtype)[6:]}, specs, tensors.items(), 2**62)
 
 
 def _scaled(name: str, t: torch.Tensor, scale: dict[str, float]) -> torch.Tensor:
@@ -278,10 +283,6 @@ def _scaled(name: str, t: torch.Tensor, scale: dict[str, float]) -> torch.Tensor
 
 def _round(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype).float() if t.is_floating_point() else t
-
-
-def _about(mutant: Mutant) -> str:
-    return " ".join((mutant.__doc__ or "").split(".")[0].split())
 
 
 def _first_line(err: BaseException) -> str:
