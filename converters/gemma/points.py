@@ -10,6 +10,7 @@ POINTS = [
     Point(f"{_L}.input_layernorm", f"{_L}.input_layernorm", ("rms_norm_eps",), "input norm"),
     Point(f"{_L}.self_attn", f"{_L}.self_attn", ATTENTION,
           "attention (q/k/v projections, rotary, scores, output projection)"),
+    Point(f"{_L}.self_attn.o_proj", f"{_L}.self_attn.o_proj", (), "output projection"),
     Point(f"{_L}.post_attention_layernorm", f"{_L}.post_attention_layernorm", ("rms_norm_eps",),
           "post-attention norm"),
     Point(f"{_L}.mlp", f"{_L}.mlp", ("hidden_act", "hidden_activation", "intermediate_size"), "MLP"),

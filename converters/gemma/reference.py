@@ -53,7 +53,8 @@ def forward(
     Returns float32 logits (B, T, vocab); with `hidden_states=True` also n_layers + 1 float32 tensors:
     the scaled embedding output, then each decoder layer's output (before the final norm). `probe`, when
     given, sees each named point's (input, output): `embedder` (scaled), `model.layers.N.input_layernorm`,
-    `model.layers.N.self_attn`, `model.layers.N.post_attention_layernorm`, `model.layers.N.mlp`, `model.norm`,
+    `model.layers.N.self_attn` (`model.layers.N.self_attn.o_proj` inside it),
+    `model.layers.N.post_attention_layernorm`, `model.layers.N.mlp`, `model.norm`,
     `sampler`.
 
     Example: `logits = forward(state_dict, config, torch.tensor([[2, 651, 6996]]))`
@@ -96,7 +97,7 @@ def decoder_layer(
     """
     eps = config["rms_norm_eps"]
     x = rms_norm(h, tensors[f"{prefix}.input_layernorm.weight"], eps)
-    mid = h + (att := gemma_attention(tensors, config, f"{prefix}.self_attn", x, cos, sin, mask))
+    mid = h + (att := gemma_attention(tensors, config, f"{prefix}.self_attn", x, cos, sin, mask, probe))
     y = rms_norm(mid, tensors[f"{prefix}.post_attention_layernorm.weight"], eps)
     out = mid + (mlp := gemma_mlp(tensors, config, f"{prefix}.mlp", y))
     if probe is not None:
@@ -113,6 +114,7 @@ def gemma_attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     mask: torch.Tensor,
+    probe: Probe | None = None,
 ) -> torch.Tensor:
     """Mirror `GemmaAttention.forward` for a global (causal, no softcapping) Gemma 1 layer."""
     B, T, _ = x.shape
@@ -138,7 +140,10 @@ def gemma_attention(
     # Upstream adds a float32 mask (promoting the scores) and takes the softmax in float32.
     probs = torch.softmax(scores.float() + mask, dim=-1).to(x.dtype)  # (B, n_heads, T, T)
     out = (probs @ v).transpose(1, 2).reshape(B, T, n_heads * head_dim)  # (B, T, n_heads * head_dim)
-    return F.linear(out, _weight(tensors, f"{prefix}.o_proj", config, x.dtype))  # (B, T, hidden)
+    projected = F.linear(out, _weight(tensors, f"{prefix}.o_proj", config, x.dtype))  # (B, T, hidden)
+    if probe is not None:
+        probe({f"{prefix}.o_proj": (out, projected)})
+    return projected
 
 
 def gemma_mlp(

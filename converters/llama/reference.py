@@ -31,7 +31,8 @@ def forward(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], toke
     """``Transformer.forward`` (L2 457-495, L3 281-...) at start_pos 0: float32 logits [B, T, vocab].
 
     ``probe``, when given, sees each named point's (input, output): ``embedding``, ``layers.N.attention_norm``,
-    ``layers.N.attention``, ``layers.N.ffn_norm``, ``layers.N.feed_forward``, ``norm``, ``output``."""
+    ``layers.N.attention`` (``layers.N.attention.wo`` inside it), ``layers.N.ffn_norm``, ``layers.N.feed_forward``,
+    ``norm``, ``output``."""
     B, T = tokens.shape
     head_dim = config["dim"] // config["n_heads"]  # L2 205
     theta = config.get("rope_theta") or 10000.0  # Llama 1/2 ModelArgs has no field: the default of L2 80
@@ -105,13 +106,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def attention(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: torch.Tensor,
-              freqs_cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+              freqs_cis: torch.Tensor, mask: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
     """``Attention.forward`` (L2 273-304, L3 171-202) on every rank: rank r holds n_heads/ranks query heads and
     n_kv_heads/ranks kv heads (L2 201-204); ``wo`` is row-parallel, so the ranks' outputs are summed."""
     B, T, _ = x.shape
     hd = c["dim"] // c["n_heads"]
     wq, wk, wv, wo = (t[f"{p}attention.{w}.weight"] for w in ("wq", "wk", "wv", "wo"))
-    out = None
+    out, context = None, []
     for r in range(wq.shape[0]):
         q = (x @ wq[r].t()).view(B, T, -1, hd)  # (B, T, local heads, head_dim)
         k = (x @ wk[r].t()).view(B, T, -1, hd)  # (B, T, local kv heads, head_dim)
@@ -124,7 +125,9 @@ def attention(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: to
         scores = F.softmax(scores.float(), dim=-1).type_as(q)
         o = (scores @ v).transpose(1, 2).reshape(B, T, -1)  # (B, T, local heads * head_dim)
         part = o @ wo[r].t()  # (B, T, dim): this rank's share of the row-parallel product
-        out = part if out is None else out + part
+        out, context = part if out is None else out + part, [*context, o]
+    if probe is not None:  # wo's input: every rank's heads, in rank order (B, T, n_heads * head_dim)
+        probe({p + "attention.wo": (torch.cat(context, dim=-1), out)})
     return out
 
 
@@ -144,7 +147,7 @@ def transformer_block(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any
     """``TransformerBlock.forward`` (L2 406-409, L3 252-254): pre-norm attention, then pre-norm FFN, residual."""
     eps = c.get("norm_eps", 1e-5)
     a = rms_norm(x, replicated(t[p + "attention_norm.weight"]), eps)
-    h = x + (att := attention(t, p, c, a, freqs_cis, mask))
+    h = x + (att := attention(t, p, c, a, freqs_cis, mask, probe))
     f = rms_norm(h, replicated(t[p + "ffn_norm.weight"]), eps)
     out = h + (ffn := feed_forward(t, p, f))
     if probe is not None:

@@ -11,6 +11,7 @@ POINTS = [
     Point("layers.{layer}.attention_norm", "model.layers.{layer}.input_layernorm", ("rms_norm_eps",), "input norm"),
     Point("layers.{layer}.attention", "model.layers.{layer}.self_attn", ATTENTION,
           "attention (q/k/v projections, rotary, scores, output projection)"),
+    Point("layers.{layer}.attention.wo", "model.layers.{layer}.self_attn.o_proj", (), "output projection (wo)"),
     Point("layers.{layer}.ffn_norm", "model.layers.{layer}.post_attention_layernorm", ("rms_norm_eps",),
           "post-attention norm"),
     Point("layers.{layer}.feed_forward", "model.layers.{layer}.mlp", MOE, "router and experts"),

@@ -26,7 +26,8 @@ def forward(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], toke
     """``Transformer.forward`` (L347-359): logits [B, T, vocab] in float32, optionally per-block states.
 
     ``probe``, when given, sees each named point's (input, output): ``tok_embeddings``, ``layers.N.attention_norm``,
-    ``layers.N.attention``, ``layers.N.ffn_norm``, ``layers.N.feed_forward`` (the MoE layer), ``norm``, ``output``."""
+    ``layers.N.attention`` (``layers.N.attention.wo`` inside it), ``layers.N.ffn_norm``, ``layers.N.feed_forward``
+    (the MoE layer), ``norm``, ``output``."""
     B, T = tokens.shape
     theta = config.get("rope_theta") or 1e6  # L312
     freqs_cis = precompute_freqs_cis(config["head_dim"], T, theta, tokens.device)
@@ -65,7 +66,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def attention(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: torch.Tensor,
-              freqs_cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+              freqs_cis: torch.Tensor, mask: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
     """``Attention.forward`` (L120-176): GQA by repeat_interleave, scale head_dim**-0.5, fp32 softmax."""
     B, T, _ = x.shape
     H, KV, hd = c["n_heads"], c["n_kv_heads"], c["head_dim"]
@@ -79,7 +80,10 @@ def attention(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: to
     scores = (q @ k.transpose(2, 3)) * hd**-0.5 + mask  # (B, n_heads, T, T)
     scores = F.softmax(scores.float(), dim=-1).type_as(q)
     out = (scores @ v).transpose(1, 2).reshape(B, T, H * hd)  # (B, T, n_heads * head_dim)
-    return out @ t[p + "attention.wo.weight"].t()
+    projected = out @ t[p + "attention.wo.weight"].t()  # (B, T, dim)
+    if probe is not None:
+        probe({p + "attention.wo": (out, projected)})
+    return projected
 
 
 def expert_weights(t: Mapping[str, torch.Tensor], p: str, e: int, hidden_dim: int) -> tuple[torch.Tensor, ...]:
@@ -113,7 +117,7 @@ def transformer_block(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any
                       freqs_cis: torch.Tensor, mask: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
     """``TransformerBlock.forward`` (L243-254): pre-norm attention then pre-norm MoE, both residual."""
     a = rms_norm(x, t[p + "attention_norm.weight"], c["norm_eps"])
-    h = x + (att := attention(t, p, c, a, freqs_cis, mask))
+    h = x + (att := attention(t, p, c, a, freqs_cis, mask, probe))
     f = rms_norm(h, t[p + "ffn_norm.weight"], c["norm_eps"])
     out = h + (ffn := moe(t, p, c, f))
     if probe is not None:

@@ -10,6 +10,7 @@ POINTS = [
     Point("h.{layer}.ln", "model.layers.{layer}.input_layernorm", ("layer_norm_eps",), "input norm"),
     Point("h.{layer}.mixer", "model.layers.{layer}.self_attn", ATTENTION,
           "attention (q/k/v projections, rotary, scores, dense)"),
+    Point("h.{layer}.mixer.out_proj", "model.layers.{layer}.self_attn.dense", (), "output projection (out_proj)"),
     Point("h.{layer}.mlp", "model.layers.{layer}.mlp", ("hidden_act", "intermediate_size"), "MLP"),
     Point("head.ln", "model.final_layernorm", ("layer_norm_eps",), "final norm"),
     Point("head.linear", "lm_head", ("tie_word_embeddings", "vocab_size"), "head"),

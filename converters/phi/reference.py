@@ -68,7 +68,8 @@ def forward(
     ``tensors`` is the upstream state dict in either layout; ``tokens`` is (B, T). Returns float32 logits
     (B, T, embedding rows) and, with ``hidden_states=True``, the embedding output followed by every
     block's output, as float32. ``probe``, when given, sees each named point's (input, output), named the same
-    in either layout: ``embd``, ``h.N.ln``, ``h.N.mixer``, ``h.N.mlp``, ``head.ln``, ``head.linear``.
+    in either layout: ``embd``, ``h.N.ln``, ``h.N.mixer`` (``h.N.mixer.out_proj`` inside it), ``h.N.mlp``,
+    ``head.ln``, ``head.linear``.
 
     >>> logits = forward(state_dict, json.load(open("config.json")), torch.tensor([[1, 2, 3]]))
     """
@@ -99,14 +100,15 @@ def parallel_block(
     ``out = mixer(ln(x)) + mlp(ln(x)) + x``; ``resid_dropout`` is off in eval.
     """
     h = layer_norm(tensors, prefix + "ln.", x, cfg["layer_norm_epsilon"])
-    attn, ff = mha(tensors, prefix + "mixer.", h, cfg), mlp(tensors, prefix + "mlp.", h, cfg)
+    attn, ff = mha(tensors, prefix + "mixer.", h, cfg, probe), mlp(tensors, prefix + "mlp.", h, cfg)
     if probe is not None:
         probe({"ln": (x, h), "mixer": (h, attn), "mlp": (h, ff)})
     return attn + ff + x
 
 
 def mha(
-    tensors: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor, cfg: Mapping[str, Any]
+    tensors: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor, cfg: Mapping[str, Any],
+    probe: Probe | None = None,
 ) -> torch.Tensor:
     """Mirror ``MHA.forward`` (``_forward_self_attn`` / ``_forward_cross_attn`` without a cache).
 
@@ -124,8 +126,11 @@ def mha(
         cos, sin = rotary_emb(cfg["rotary_dim"], T, x.device, x.dtype)
         q = apply_rotary_emb(q, cos, sin)
         k = apply_rotary_emb(k, cos, sin)
-    out = self_attention(q, k, v)  # (B, T, n_head, head_dim)
-    return linear(tensors, prefix + "out_proj.", out.reshape(B, T, H * hd))  # (B, T, n_embd)
+    out = self_attention(q, k, v).reshape(B, T, H * hd)  # (B, T, n_head * head_dim)
+    projected = linear(tensors, prefix + "out_proj.", out)  # (B, T, n_embd)
+    if probe is not None:
+        probe({"mixer.out_proj": (out, projected)})
+    return projected
 
 
 def rotary_emb(

@@ -43,7 +43,7 @@ class Finding:
     def text(self) -> str:
         where = f"{self.point} ({self.module}: {self.about})" if self.about else self.point
         if self.status == "diverged":
-            noise = f"; sub-modules that agree: <= {self.agree:.1g}" if self.agree is not None else ""
+            noise = f"; largest error of the sub-modules that agree: {self.agree:.1g}" if self.agree is not None else ""
             how = f"disagrees: error {self.rel:.2g} vs bound {self.bound:.1g}{noise}"
         elif self.status in ("missing", "unexpected", "mismatched"):
             how = f"does not load: {self.status} keys"
@@ -92,6 +92,8 @@ def first_finding(readings: list[Reading], model: object, bound: float) -> Findi
     bad = next((r for r in readings if r.failed), None)
     if bad is None:
         return None
+    inner = [r for r in readings if r.failed and r.site.module.startswith(bad.site.module + ".")]
+    bad = inner[0] if inner else bad  # the attention fails because its output projection does: name that
     agree = [r.rel for r in readings if r.status == "ok" and r.rel is not None]
     return Finding(bad.site.name, bad.site.module, bad.site.about, bad.status, bad.rel, bound,
                    max(agree) if agree else None, feeds(model, bad.site.module), bad.detail)
