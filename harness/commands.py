@@ -107,7 +107,8 @@ def check(args: argparse.Namespace) -> int:
     for r in failed:
         where = f"; first divergent hidden state {r.first_divergent_layer}" if r.first_divergent_layer else ""
         print(f"FAIL {r.family}-{r.case}-{r.device}-{r.dtype}: {'; '.join(r.violations)}{where}")
-        print(f"  diagnosis: {r.diagnosis}")
+        if r.diagnosis:
+            print(f"  diagnosis: {r.diagnosis}")
     if args.json:
         write_json(results, args.json)
     if args.report:
