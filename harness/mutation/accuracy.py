@@ -23,6 +23,7 @@ from harness.mutation.runner import CaseRun, cases_for, evaluate, mutants_for, p
 from harness.parity.parity import load_converted
 from harness.parity.points import points_for, record, sites
 from harness.parity.report import write_document
+from harness.parity.streamed_model import StreamedModel
 from harness.parity.teacher import feeds
 from harness.registry import Family
 from harness.terminal import bar
@@ -147,12 +148,18 @@ def _diagnose(family: Family, run: CaseRun, m: Mutable, trial: Trial,
 
 
 def _feeds(family: Family, run: CaseRun, workdir: Path) -> dict[str, tuple[str, list[str], tuple[str, ...]]]:
-    """Per point of the case: the converted tensors feeding its sub-module in the clean model, its config fields."""
+    """Per point of the case: its module, the converted tensors feeding it (by the checkpoint keys that load into
+    its parameters: transformers renames and fuses some, e.g. Mixtral's experts), its config fields."""
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         write_mutable(run.clean, Path(d) / "hf", torch.float32)
         model = load_converted(Path(d) / "hf", "cpu", "float32", family)
+        renamed = StreamedModel(Path(d) / "hf", loading=getattr(family, "loading", None)).renamed
     where = sites(points_for(family), record(family, run.source, run.tokens))
-    return {s.name: (s.module, feeds(model, s.module), s.config) for s in where}
+    out = {}
+    for s in where:
+        params = set(feeds(model, s.module))
+        out[s.name] = (s.module, sorted(params | {k for k, p in renamed.items() if p in params}), s.config)
+    return out
 
 
 def _changed(a: Any, b: Any, key: str = "") -> set[str]:
