@@ -12,10 +12,10 @@ from pathlib import Path
 
 from harness import commands
 from harness.errors import ConversionError, brief
+from harness.mapping.conversion import DEFAULT_SHARD_SIZE
 from harness.parity.metrics import DTYPES
 from harness.parity.parity import devices
 from harness.registry import families
-from harness.runner import DEFAULT_SHARD_SIZE
 from harness.signals import Terminated, signals_as_exceptions
 
 __all__ = ["main"]
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--allow-nonfinite", action="store_true",
                        help="write NaN/Inf weights as they are, with a warning (default: refuse, naming them)")
-        for flag, spec in getattr(fam, "OPTIONS", {}).items():
+        for flag, spec in fam.options.items():
             p.add_argument(flag, **spec)
         p.add_argument("--verify", action="store_true", help="then verify OUTPUT against SOURCE, as `convparity "
                                                                  "verify` does (options below); exit 1 if it fails")
@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
                        "into CONVERTED; where one exists, check its hashes and reproduce its verdict instead")
         p.add_argument("--config", type=Path, metavar="FILE", help="upstream config file to use instead of the "
                                                                    "one beside the weights (as for convert)")
-        for flag, spec in getattr(fam, "OPTIONS", {}).items():
+        for flag, spec in fam.options.items():
             p.add_argument(flag, **spec)
         _add_verify_options(p)
         p.set_defaults(run=commands.verify, family=name)

@@ -21,8 +21,7 @@ def convert(args: argparse.Namespace) -> int:
     from harness.runner import convert_checkpoint
 
     fam = family(args.family)
-    dests = [flag.lstrip("-").replace("-", "_") for flag in getattr(fam, "OPTIONS", {})]
-    options = {dest: getattr(args, dest) for dest in dests}
+    options = {name: getattr(args, name) for name in fam.option_names()}
     start = time.perf_counter()
     _resolve_source(args, fam)
     converted, plan = convert_checkpoint(fam, args.source, args.output, config=args.config, dtype=args.dtype,
@@ -42,7 +41,7 @@ def verify(args: argparse.Namespace) -> int:
 
     fam = family(args.family)
     converted = getattr(args, "converted", None) or args.output
-    options = {d: getattr(args, d) for d in (f.lstrip("-").replace("-", "_") for f in getattr(fam, "OPTIONS", {}))}
+    options = {name: getattr(args, name) for name in fam.option_names()}
     tokens = lengths = None
     inputs = ""
     if args.input_ids:
@@ -80,7 +79,7 @@ def _resolve_source(args: argparse.Namespace, fam: Family) -> None:
 
     if not hasattr(args, "hub_id"):
         args.hub_id = str(args.source) if not args.source.exists() and is_repo_id(str(args.source)) else None
-        args.source = resolve_source(args.source, fam.HUB_FILES, args.revision)
+        args.source = resolve_source(args.source, fam.hub_files, args.revision)
 
 
 def check(args: argparse.Namespace) -> int:
@@ -140,24 +139,23 @@ def mutate(args: argparse.Namespace) -> int:
 def list_families(args: argparse.Namespace) -> int:
     for name, fam in families().items():
         print(f"{name}: {fam.about}")
-        for case, spec in fam.CASES.items():
+        for case, spec in fam.cases.items():
             print(f"  {case:<16} {spec.about}")
     return 0
 
 
 def describe(args: argparse.Namespace) -> int:
     fam = family(args.family)
-    convert = sys.modules[f"converters.{fam.name}.convert"]
-    print(f"{fam.name}: {fam.about}\n\nconfig ({convert.CONFIG.name} -> config.json):")
-    for f in convert.CONFIG.fields:
-        print(f"  {f.source:<28} -> {f.target}")
-    for k, v in convert.CONFIG.fixed.items():
+    print(f"{fam.name}: {fam.about}\n\nconfig ({fam.config.name} -> config.json):")
+    for f in fam.config.fields:
+        print(f"  {f.source:<28} -> {f.target}" + (f"    (inverse lossy: {f.lossy})" if f.lossy else ""))
+    for k, v in fam.config.fixed.items():
         print(f"  {'(fixed)':<28} -> {k} = {v!r}")
-    for k, why in convert.CONFIG.ignored.items():
+    for k, why in fam.config.ignored.items():
         print(f"  {k:<28}    ignored: {why}")
-    tables = convert.KEYS if isinstance(convert.KEYS, dict) else {"keys": convert.KEYS}
-    for layout, keymap in tables.items():
-        print(f"\nkeys ({layout}):")
+    for layout, keymap in fam.keys.items():
+        which = "" if len(fam.keys) == 1 else f" ({layout}{', the default' if layout == fam.keys.default else ''})"
+        print(f"\nkeys{which}:")
         for rule in keymap.rules + keymap.drops + keymap.ties:
             print(f"  {rule!r}")
     return 0

@@ -76,7 +76,7 @@ def run_gate(base: str, families: dict[str, Family], devices: list[str], dtypes:
         print(f"  {fam}: {why}")
     results: list[ParityResult] = []
     snapshots: dict[tuple[str, str], list[str]] = {}
-    cells = sum(len(families[name].CASES) for name in scope) * len(devices) * len(dtypes)
+    cells = sum(len(families[name].cases) for name in scope) * len(devices) * len(dtypes)
     with counter(cells, "gate", quiet) as tick:
         for name in scope:
             fam = families[name]

@@ -64,7 +64,7 @@ def convparity_round_trip(tmp_path_factory: pytest.TempPathFactory) -> Callable[
     def get(name: str, case: str) -> Any:
         if (name, case) not in cache:
             fam = family(name)
-            cache[name, case] = round_trip(fam, case, fam.CASES[case], tmp_path_factory.mktemp(f"{name}-{case}"))
+            cache[name, case] = round_trip(fam, case, fam.cases[case], tmp_path_factory.mktemp(f"{name}-{case}"))
         return cache[name, case]
 
     return get
@@ -97,7 +97,7 @@ def convparity_reference() -> Callable[..., Any]:
     """``reference(family, source, tokens)``: the family's original-architecture logits."""
     from harness.registry import family
 
-    return lambda name, source, tokens: family(name).forward(dict(source.tensors), source.config, tokens)
+    return lambda name, source, tokens: family(name).reference(dict(source.tensors), source.config, tokens)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any, TextIO, TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["bar", "colour", "counter", "module_progress", "paint_status", "show_progress"]
+__all__ = ["bar", "byte_progress", "colour", "counter", "module_progress", "paint_status", "show_progress"]
 
 T = TypeVar("T")
 _CODES = {"green": "32", "red": "1;31", "yellow": "33", "dim": "2"}
@@ -72,3 +72,13 @@ def module_progress(modules: Sequence[Any], desc: str, quiet: bool = False) -> I
         finally:
             for h in handles:
                 h.remove()
+
+
+@contextmanager
+def byte_progress(total: int, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A byte-count bar on stderr, shown only when asked for and stderr is a terminal; yields its ``update``."""
+    if not (enabled and sys.stderr.isatty()):
+        yield None
+        return
+    with tqdm(total=total, unit="B", unit_scale=True, desc="writing", file=sys.stderr) as progress:
+        yield progress.update

@@ -155,7 +155,7 @@ def report(per_family: int, seed: int, workdir: Path, verbose: bool = False,
     for name, fam in families().items():
         if only and name not in only:
             continue
-        pristines = [Pristine.build(fam, case, workdir / "pristine" / name / case) for case in fam.CASES]
+        pristines = [Pristine.build(fam, case, workdir / "pristine" / name / case) for case in fam.cases]
         kinds = sorted({k for p in pristines for k in applicable(p)})
         for i in range(per_family):  # a kind, then a case it applies to: rare kinds (an index) are not starved
             kind = rng.choice(kinds)

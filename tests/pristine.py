@@ -18,8 +18,8 @@ from harness.errors import ConversionError
 from harness.mapping.config_kinds import Kind, Valid
 from harness.mapping.config_map import ConfigMap
 from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.family import Family
 from harness.mapping.rules import Drop
-from harness.registry import Family
 
 __all__ = ["Pristine"]
 
@@ -37,12 +37,12 @@ class Pristine:
 
     @classmethod
     def build(cls, family: Family, case: str, folder: Path, seed: int = 0) -> Pristine:
-        spec = family.CASES[case]
+        spec = family.cases[case]
         checkpoint = family.tiny(seed, layout=spec.layout, **spec.config)
         family.write(checkpoint, folder, container=spec.container)
         has_config = any(f.suffix in (".json", ".yaml", ".yml", ".nemo") and not f.name.endswith(".index.json")
                          for f in folder.rglob("*") if f.is_file())
-        options = {flag: o for flag, o in getattr(family, "OPTIONS", {}).items()
+        options = {flag: o for flag, o in family.options.items()
                    if o.get("type") is int or "choices" in o}
         pristine = cls(family, case, checkpoint, spec.container, folder, [], has_config, options)
         pristine.carried = pristine._carried_fields()
@@ -74,7 +74,7 @@ class Pristine:
 
     def _kind(self, name: str) -> Kind | None:
         cm = self.config_map
-        kinds = [f.kind for f in cm.fields if f.source == name and f.kind is not None]
+        kinds = [kind] if (kind := cm.kind(name)) is not None else []
         kinds += [c.kind for c in cm.checks if isinstance(c, Valid) and c.field == name]
         return kinds[0] if kinds else None
 

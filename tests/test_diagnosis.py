@@ -38,9 +38,9 @@ def test_probe_changes_nothing_and_every_point_maps_to_a_module(name: str, case:
     fam = FAMILIES[name]
     run = prepare(fam, case, cases_for(fam)[case], tmp_path)
     tensors = UpcastTensors(run.source.tensors, "cpu", torch.float32)
-    plain = fam.forward(tensors, run.source.config, run.tokens)
+    plain = fam.reference(tensors, run.source.config, run.tokens)
     seen: list[str] = []
-    probed = fam.forward(tensors, run.source.config, run.tokens, probe=lambda points: seen.extend(points))
+    probed = fam.reference(tensors, run.source.config, run.tokens, probe=lambda points: seen.extend(points))
     assert torch.equal(plain, probed)
     recording = record(fam, run.source, run.tokens)
     assert sorted(seen) == sorted(recording)

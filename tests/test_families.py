@@ -18,18 +18,17 @@ import torch
 from safetensors.torch import load_file
 
 from harness.io.tensor_store import TensorStore
-from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.conversion import SourceCheckpoint, write_converted
 from harness.parity.metrics import DTYPES
 from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.parity.precision import FLOOR_FACTOR, noise_bound, reference_noise_floor
 from harness.registry import families
-from harness.runner import write_converted
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "upstream"
 FAMILIES = families()
 UPSTREAM = [(f, d) for f in FAMILIES for d in sorted((GOLDEN / f).glob("case-*"))]
-CASES = [(f, c) for f, fam in FAMILIES.items() for c in fam.CASES]
-SIZES = [(f, s) for f, fam in FAMILIES.items() for s in fam.SIZES]
+CASES = [(f, c) for f, fam in FAMILIES.items() for c in fam.cases]
+SIZES = [(f, s) for f, fam in FAMILIES.items() for s in fam.sizes]
 MATRIX = [
     pytest.param(f, c, device, dtype, id=f"{f}-{c}-{device}-{dtype}",
                  marks=[pytest.mark.cuda] if device == "cuda" else [])
@@ -40,7 +39,7 @@ MATRIX = [
 def _read_upstream(family: str, case_dir: Path) -> tuple[SourceCheckpoint, torch.Tensor, torch.Tensor]:
     fam = FAMILIES[family]
     meta = json.loads((case_dir / "meta.json").read_text())
-    options = {k: meta[k] for k in getattr(fam, "UPSTREAM_OPTIONS", ())}
+    options = {k: meta[k] for k in fam.upstream_options}
     source = fam.read(case_dir / "source", **options)
     # Where upstream's own low-precision load path differs from exact float32, the upcast logits are the truth.
     exact = case_dir / "logits_fp32_upcast.safetensors"
@@ -56,7 +55,7 @@ def upstream_floor() -> Callable[[str, Path], tuple[float, float]]:
     def get(family: str, case_dir: Path) -> tuple[float, float]:
         if (family, case_dir) not in cache:
             source, tokens, _ = _read_upstream(family, case_dir)
-            floor = reference_noise_floor(FAMILIES[family].forward, source.tensors, source.config, tokens)[1]
+            floor = reference_noise_floor(FAMILIES[family].reference, source.tensors, source.config, tokens)[1]
             cache[family, case_dir] = floor, noise_bound(floor)
         return cache[family, case_dir]
 
@@ -81,7 +80,7 @@ def test_reference_reproduces_upstream(family: str, case_dir: Path, upstream_flo
     source, tokens, expected = _read_upstream(family, case_dir)
     tensors = {k: (t.float() if t.is_floating_point() else t) for k, t in source.tensors.items()}
     with torch.no_grad():
-        logits = FAMILIES[family].forward(tensors, source.config, tokens)
+        logits = FAMILIES[family].reference(tensors, source.config, tokens)
     assert logits.shape == expected.shape
     _assert_within_floor((logits - expected).abs().max().item(), *upstream_floor(family, case_dir), record_property)
 
@@ -106,7 +105,7 @@ def test_parity(family: str, case: str, device: str, dtype: str, convparity_roun
 @pytest.mark.parametrize(("family", "case"), CASES, ids=[f"{f}-{c}" for f, c in CASES])
 def test_invert_gives_back_the_source(family: str, case: str) -> None:
     fam = FAMILIES[family]
-    spec = fam.CASES[case]
+    spec = fam.cases[case]
     source = fam.tiny(3, layout=spec.layout, **spec.config)
     converted = fam.convert(source)
     back = fam.invert(converted.config, dict(converted.tensors()))
@@ -125,7 +124,7 @@ def test_released_size_matches_transformers_on_meta(family: str, size: str) -> N
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fam = FAMILIES[family]
-    config = fam.SIZES[size]
+    config = fam.sizes[size]
     shapes = fam.shapes(config)
     dtype = torch.bfloat16
     store = TensorStore({k: (lambda s=s: torch.empty(s, dtype=dtype, device="meta")) for k, s in shapes.items()},

@@ -50,7 +50,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list[P
         if name not in cache:
             fam = FAMILIES[name]
             cache[name] = [Pristine.build(fam, c, tmp_path_factory.mktemp(f"pristine-{name}-{c}") / "src")
-                           for c in fam.CASES]
+                           for c in fam.cases]
         return cache[name]
     return get
 
@@ -82,6 +82,9 @@ def _nan_q(d: Path) -> None:
     rewrite_torch(d / "consolidated.00.pth", lambda s: s["layers.0.attention.wq.weight"].view(-1)[:2].fill_(torch.nan))
 
 
+# Key-table errors end with whose table it was and what to check (harness.mapping.keymap.Layouts.pick).
+_MIXTRAL_NEXT = (r" \(mixtral, layout 'experts'\): is SOURCE a Mixtral checkpoint in this layout\? `convparity "
+                 r"describe mixtral` lists the keys each layout expects\.$")
 PINNED: dict[str, tuple[str, str, Callable[[Path], object], str]] = {
     "random bytes": ("mixtral", "gqa", lambda d: (d / "consolidated.00.pth").write_bytes(bytes(range(7, 250))),
                      r"consolidated.00.pth is not a torch checkpoint: expected a torch.save file \(a zip archive or a "
@@ -130,15 +133,15 @@ PINNED: dict[str, tuple[str, str, Callable[[Path], object], str]] = {
     "integer weight": ("mixtral", "gqa", lambda d: rewrite_torch(d / "consolidated.00.pth", lambda s: s.update(
                            {"layers.0.attention.wq.weight": s["layers.0.attention.wq.weight"].long()})),
                        r"^tensor dtypes: layers.0.attention.wq.weight \(.*consolidated.00.pth\) is int64, expected "
-                       r"float32, bfloat16, float16 or float64$"),
+                       r"float32, bfloat16, float16 or float64" + _MIXTRAL_NEXT),
     "NaN weights": ("mixtral", "gqa", _nan_q,
                     r"^non-finite weights: model.layers.0.self_attn.q_proj.weight \(2 NaN/Inf\); .*--allow-nonfinite"),
     "tensor removed": ("mixtral", "gqa", lambda d: rewrite_torch(d / "consolidated.00.pth", lambda s: s.pop(
                            "layers.1.attention.wk.weight")),
-                       r"^key ledger: missing in source: layers.1.attention.wk.weight$"),
+                       r"^key ledger: missing in source: layers.1.attention.wk.weight" + _MIXTRAL_NEXT),
     "tensor reshaped": ("mixtral", "gqa", lambda d: rewrite_torch(d / "consolidated.00.pth", lambda s: s.update(
                             {"norm.weight": s["norm.weight"][None]})),
-                        r"^key ledger: mis-shaped: norm.weight is \(1, 48\), expected \(48,\)$"),
+                        r"^key ledger: mis-shaped: norm.weight is \(1, 48\), expected \(48,\)" + _MIXTRAL_NEXT),
 }
 
 

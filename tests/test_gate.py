@@ -58,7 +58,7 @@ def test_a_family_change_gates_that_family_only(clone: Path, tmp_path: Path) -> 
 
 
 def test_a_harness_change_gates_every_family(clone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with open(clone / "harness" / "metrics.py", "a") as f:
+    with open(clone / "harness" / "parity" / "metrics.py", "a") as f:
         f.write("# a reviewed change\n")
     _git(clone, "commit", "-qam", "change harness")
     checked: list[str] = []

@@ -118,7 +118,7 @@ def _meta_source(variant: str):
     from harness.io.tensor_store import TensorStore
     from harness.mapping.conversion import SourceCheckpoint
 
-    config = GEMMA.SIZES[variant]
+    config = GEMMA.sizes[variant]
     metas = {k: (s, torch.int8 if k.endswith("proj.weight") and config["quant"] else torch.bfloat16)
              for k, s in GEMMA.shapes(config).items()}
     return SourceCheckpoint(dict(config), TensorStore(

@@ -78,7 +78,7 @@ def test_check_html_renders_every_plot(browser: Any, tmp_path: Path) -> None:
     text = out.read_text()
     assert "<script src" not in text and "<link" not in text and "@import" not in text  # nothing to fetch
     seen = open_page(browser, out)
-    assert_renders(seen, plots=2 * len(family("phi").CASES), verdict="PASS")
+    assert_renders(seen, plots=2 * len(family("phi").cases), verdict="PASS")
     assert seen["rows"] == seen["linked"]
 
 
@@ -102,7 +102,7 @@ def test_verify_html_renders(browser: Any, tmp_path: Path, convparity_round_trip
 
 def test_mutate_html_renders(browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mutate, "mutants_for", lambda fam: [swap_layers])
-    monkeypatch.setattr(mutate, "cases_for", lambda fam: {"gqa": fam.CASES["gqa"]})
+    monkeypatch.setattr(mutate, "cases_for", lambda fam: {"gqa": fam.cases["gqa"]})
     out = tmp_path / "mutate.html"
     assert mutate.run_mutate([family("mixtral")], ["float32"], None, html=out, quiet=True) == 0
     seen = open_page(browser, out)

@@ -51,13 +51,13 @@ def mixtral_source(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("name", list(families()))
 def test_every_family_declares_the_files_its_reader_uses(name: str, tmp_path: Path) -> None:
     fam = family(name)
-    assert fam.HUB_FILES and all(isinstance(p, str) for p in fam.HUB_FILES)
-    for case_name, case in fam.CASES.items():
+    assert fam.hub_files and all(isinstance(p, str) for p in fam.hub_files)
+    for case_name, case in fam.cases.items():
         folder = tmp_path / case_name
         fam.write(fam.tiny(0, layout=case.layout, **case.config), folder, container=case.container)
         written = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-        missed = [f for f in written if not any(fnmatch.fnmatch(f, pat) for pat in fam.HUB_FILES)]
-        assert not missed, f"{name}/{case_name}: HUB_FILES {fam.HUB_FILES} miss {missed}"
+        missed = [f for f in written if not any(fnmatch.fnmatch(f, pat) for pat in fam.hub_files)]
+        assert not missed, f"{name}/{case_name}: HUB_FILES {fam.hub_files} miss {missed}"
 
 
 def test_convert_and_verify_a_hub_id_offline(hub_cache: Path, mixtral_source: Path, tmp_path: Path,

@@ -14,9 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from harness.errors import ConversionError
 from harness.io.sniff import container
-from harness.io.tensor_store import TensorStore, open_safetensors, open_torch
+from harness.io.tensor_store import TensorSpec, TensorStore, open_safetensors, open_torch
 from harness.io.writer import parse_size, plan_shards, write_model_dir
-from harness.mapping.conversion import TensorSpec
 
 
 class _RunsCode:

@@ -82,7 +82,7 @@ def test_clean_conversions_never_fail(name: str, tmp_path_factory: pytest.TempPa
 
 def test_mutant_that_changes_nothing_is_not_applicable(tmp_path: Path) -> None:
     fam = family("rwkv")
-    run = mutate.prepare(fam, "base", fam.CASES["base"], tmp_path)
+    run = mutate.prepare(fam, "base", fam.cases["base"], tmp_path)
     m = run.clean.copy()
     swap_names(m, ".experts.0.", ".experts.1.")  # RWKV has no experts
     assert m.same_as(run.clean)
@@ -100,7 +100,7 @@ def swap_experts_with_router(m: Mutable) -> None:
 def test_an_equivalent_mutant_survives_and_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(mutate, "mutants_for", lambda fam: [swap_experts_with_router])
-    monkeypatch.setattr(mutate, "cases_for", lambda fam: {"gqa": fam.CASES["gqa"]})
+    monkeypatch.setattr(mutate, "cases_for", lambda fam: {"gqa": fam.cases["gqa"]})
     out = tmp_path / "mutate.json"
     assert mutate.run_mutate([family("mixtral")], ["float32"], out) == 1
     records = json.loads(out.read_text())["results"]
@@ -116,7 +116,7 @@ def test_bfloat16_reference_sees_the_rounded_checkpoint() -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
-            run = mutate.prepare(fam, "quant", fam.CASES["quant"], Path(d))
+            run = mutate.prepare(fam, "quant", fam.cases["quant"], Path(d))
     ref = mutate.reference_source(fam, run, "bfloat16")
     again = dict(fam.convert(ref).tensors())
     for name, t in run.clean.tensors.items():

@@ -10,7 +10,7 @@ import pytest
 
 from harness.registry import families
 
-CASES = [(f, c) for f, fam in families().items() for c in fam.CASES]
+CASES = [(f, c) for f, fam in families().items() for c in fam.cases]
 
 
 @pytest.mark.parametrize(("family", "case"), CASES, ids=[f"{f}-{c}" for f, c in CASES])

@@ -23,18 +23,18 @@ from safetensors.torch import load_file, save_file
 
 from harness.cli import main
 from harness.errors import ConversionError
+from harness.mapping.conversion import write_converted
 from harness.parity.localise import NO_CATALOGUE
 from harness.parity.parity import UpcastTensors, load_converted, make_tokens
 from harness.parity.streamed_model import StreamedModel
 from harness.parity.verify import read_input_ids, verify
 from harness.registry import families
-from harness.runner import write_converted
 
 FAMILIES = families()
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "upstream"
 UPSTREAM = [(f, d) for f in FAMILIES for d in sorted((GOLDEN / f).glob("case-*"))]
-CASES = [(f, c) for f, fam in FAMILIES.items() for c in fam.CASES]
-FIRST = [(f, next(iter(fam.CASES))) for f, fam in FAMILIES.items()]
+CASES = [(f, c) for f, fam in FAMILIES.items() for c in fam.cases]
+FIRST = [(f, next(iter(fam.cases))) for f, fam in FAMILIES.items()]
 ALTERATIONS = ("permute-rows", "scale", "swap")
 # Every case as converted (float32) and each family's first case cast to bfloat16 on conversion (the narrow load path).
 STORAGE = [(f, c, "float32") for f, c in CASES] + [(f, c, "bfloat16") for f, c in FIRST]
@@ -64,7 +64,7 @@ def test_streamed_model_equals_from_pretrained_bit_for_bit(family: str, case: st
 def test_verify_passes_on_upstream_oracles(family: str, case_dir: Path, tmp_path: Path) -> None:
     fam = FAMILIES[family]
     meta = json.loads((case_dir / "meta.json").read_text())
-    options = {k: meta[k] for k in getattr(fam, "UPSTREAM_OPTIONS", ())}
+    options = {k: meta[k] for k in fam.upstream_options}
     write_converted(fam.convert(fam.read(case_dir / "source", **options)), tmp_path / "hf")
     tokens, lengths = read_input_ids(case_dir / "meta.json")
     result = verify(fam, case_dir / "source", tmp_path / "hf", tokens=tokens, lengths=lengths, **options)
@@ -98,7 +98,7 @@ def test_verify_fails_on_one_altered_tensor_and_names_its_block(family: str, cas
 
 def test_cli_exits_1_on_a_divergence_and_names_the_block(tmp_path: Path, convparity_round_trip: Callable,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    rt = convparity_round_trip("llama", next(iter(FAMILIES["llama"].CASES)))
+    rt = convparity_round_trip("llama", next(iter(FAMILIES["llama"].cases)))
     altered = _alter(rt.model_dir, tmp_path / "hf", "model.layers.0", "scale")
     assert main(["verify", "llama", str(_source(rt)), str(altered)]) == 1
     out = capsys.readouterr().out

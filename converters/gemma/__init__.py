@@ -1,10 +1,31 @@
 """Gemma 1 (google/gemma_pytorch .ckpt, sharded or int8-quantised) -> transformers GemmaForCausalLM."""
 
-from converters.gemma.convert import convert, invert
+from converters.gemma import mutants, points
+from converters.gemma.convert import CONFIG, KEYS, convert, invert
 from converters.gemma.reference import forward
 from converters.gemma.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
+from harness.mapping.family import Family
 
-# What `convert`/`verify` fetch for a Hub id as SOURCE: config.json, one .ckpt, or an index + shards (source.read).
-HUB_FILES = ["config.json", "*.ckpt", "pytorch_model*.bin", "*.index.json"]
+__all__ = ["FAMILY"]
 
-__all__ = ["CASES", "HUB_FILES", "OPTIONS", "SIZES", "convert", "forward", "invert", "read", "shapes", "tiny", "write"]
+FAMILY = Family(
+    name="gemma",
+    about=__doc__.strip(),
+    read=read,
+    write=write,
+    tiny=tiny,
+    shapes=shapes,
+    config=CONFIG,
+    keys=KEYS,
+    convert=convert,
+    invert=invert,
+    reference=forward,
+    cases=CASES,
+    sizes=SIZES,
+    # What `convert`/`verify` fetch for a Hub id as SOURCE: config.json, one .ckpt, or an index + shards (source.read).
+    hub_files=("config.json", "*.ckpt", "pytorch_model*.bin", "*.index.json"),
+    options=OPTIONS,
+    mutants=tuple(mutants.MUTANTS),
+    mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
+)

@@ -14,7 +14,7 @@ from converters.gemma.source import DEFAULTS, shapes
 from harness.mapping.config_kinds import Bool, Count, Divides, OneOf, PositiveFloat, PositiveInt, Valid
 from harness.mapping.config_map import ConfigMap, Field
 from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.mapping.keymap import KeyMap
+from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Dequantize, DequantizeSplit, Drop, Rename, Split, Tie
 
 __all__ = ["CONFIG", "KEYS", "convert", "invert"]
@@ -39,8 +39,8 @@ CONFIG = ConfigMap(
         Field("max_position_embeddings", "max_position_embeddings", default=DEFAULTS["max_position_embeddings"],
               kind=PositiveInt),
         # F.gelu(approximate="tanh") since 0a7afad (L206-212); --gelu exact for the Feb-2024 code (09eee7b L197).
-        Field("hidden_activation", "hidden_act", default="gelu_tanh", to_target=lambda v, c: _ACT[v],
-              to_source=lambda v, c: {hf: ours for ours, hf in _ACT.items()}[v], kind=OneOf(*_ACT)),
+        Field("hidden_activation", "hidden_act", default="gelu_tanh", to_target=lambda v: _ACT[v],
+              to_source=lambda v: {hf: ours for ours, hf in _ACT.items()}[v], kind=OneOf(*_ACT)),
     ],
     fixed={
         "model_type": "gemma",
@@ -89,7 +89,7 @@ def _dims(c: dict[str, Any]) -> dict[str, int]:
             "n_kv_heads": c["num_key_value_heads"], "head_dim": c["head_dim"]}
 
 
-KEYS = {
+KEYS = Layouts("gemma", {
     "default": KeyMap([
         Rename("embedder.weight", "model.embed_tokens.weight"),  # sqrt(hidden) is applied at run time (L593-598)
         # Rows [heads*hd | kv*hd | kv*hd], head-major (L277-283); kv head grouping matches repeat_kv (L301-306).
@@ -104,16 +104,16 @@ KEYS = {
         *(Dequantize(f"{_L}.{m}.weight", f"{_L}.{m}.weight_scaler", f"{_L}.{m}.weight") for m in _LINEAR),
         *_NORMS,
     ], _RANGES, _dims),
-}
+}, title="Gemma")
 
 
 def convert(source: SourceCheckpoint) -> Converted:
     """Config and tensor stream for ``GemmaForCausalLM``; the ledger checks keys and shapes first."""
-    layout = "quant" if source.config.get("quant") else "default"
-    expected = shapes(CONFIG.complete(source.config), layout)  # defaults filled in
-    return convert_with(source, CONFIG, KEYS[layout], expected)
+    keys = KEYS.pick("quant" if source.config.get("quant") else "default")  # the layout follows the config
+    expected = shapes(CONFIG.complete(source.config), keys.layout)  # defaults filled in
+    return convert_with(source, CONFIG, keys, expected)
 
 
 def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
     """A transformers Gemma state dict back to gemma_pytorch's float layout (no freqs_cis, quant=False)."""
-    return invert_with(config, tensors, CONFIG, KEYS["default"])
+    return invert_with(config, tensors, CONFIG, KEYS.pick("default"))

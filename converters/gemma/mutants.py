@@ -10,13 +10,17 @@ import math
 
 import torch
 
+from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import DequantizeSplit, Split
-from harness.mutation.catalogue import Mutable, Mutant, rerun
+from harness.mutation.planting import Catalogue, Mutable, rerun
 
 __all__ = ["CASES", "MUTANTS"]
 
+MUTANTS = Catalogue()  # in the order the functions below are defined
 
+
+@MUTANTS.add
 def qkv_equal_thirds(m: Mutable) -> None:
     """``torch.split(qkv, qkv.shape[0] // 3)`` for every non-MQA model: right only for MHA, garbage for GQA
     (README fact 3). The first three pieces are kept, as the script's unpacking would."""
@@ -31,6 +35,7 @@ def qkv_equal_thirds(m: Mutable) -> None:
     rerun(m, DequantizeSplit, thirds)
 
 
+@MUTANTS.add
 def embedding_scale_baked_in(m: Mutable) -> None:
     """sqrt(hidden_size) multiplied into the embedding, which transformers applies again at run time
     (README fact 7: model.py L593-598)."""
@@ -38,5 +43,4 @@ def embedding_scale_baked_in(m: Mutable) -> None:
     m.tensors[name] = m.tensors[name] * math.sqrt(m.config["hidden_size"])
 
 
-MUTANTS: list[Mutant] = [qkv_equal_thirds, embedding_scale_baked_in]
-CASES: dict = {}
+CASES: dict[str, MutationCase] = {}

@@ -1,6 +1,6 @@
 """Gemma's named points: reference.py's probe names -> the ``GemmaForCausalLM`` sub-modules computing them."""
 
-from harness.parity.points import Point
+from harness.mapping.points import Point
 
 _L = "model.layers.{layer}"
 ATTENTION = ("rope_theta", "rope_parameters", "num_attention_heads", "num_key_value_heads", "head_dim")

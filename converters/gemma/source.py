@@ -21,8 +21,8 @@ from harness.io.source_files import index_shards, read_json_config
 from harness.io.tensor_store import TensorStore, open_torch
 from harness.io.tiny import random_weights
 from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.family import Case
 from harness.mapping.transforms import quantize
-from harness.registry import Case
 
 __all__ = ["CASES", "CONTAINERS", "DEFAULTS", "GELU", "OPTIONS", "SIZES", "read", "shapes", "tiny", "write"]
 

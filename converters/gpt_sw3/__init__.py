@@ -1,11 +1,32 @@
 """GPT-SW3 (NeMo / Megatron GPT .ckpt or .nemo) -> transformers GPT2LMHeadModel."""
 
-from converters.gpt_sw3.convert import convert, invert
+from converters.gpt_sw3 import mutants, points
+from converters.gpt_sw3.convert import CONFIG, KEYS, convert, invert
 from converters.gpt_sw3.reference import forward
 from converters.gpt_sw3.source import CASES, OPTIONS, SIZES, UPSTREAM_OPTIONS, read, shapes, tiny, write
+from harness.mapping.family import Family
 
-# What `convert`/`verify` fetch for a Hub id as SOURCE: one .nemo (config and tokenizer inside) or .ckpt.
-HUB_FILES = ["*.nemo", "*.ckpt"]
+__all__ = ["FAMILY"]
 
-__all__ = ["CASES", "HUB_FILES", "OPTIONS", "SIZES", "UPSTREAM_OPTIONS", "convert", "forward", "invert", "read",
-           "shapes", "tiny", "write"]
+FAMILY = Family(
+    name="gpt_sw3",
+    about=__doc__.strip(),
+    read=read,
+    write=write,
+    tiny=tiny,
+    shapes=shapes,
+    config=CONFIG,
+    keys=KEYS,
+    convert=convert,
+    invert=invert,
+    reference=forward,
+    cases=CASES,
+    sizes=SIZES,
+    # What `convert`/`verify` fetch for a Hub id as SOURCE: one .nemo (config and tokenizer inside) or .ckpt.
+    hub_files=("*.nemo", "*.ckpt"),
+    options=OPTIONS,
+    upstream_options=UPSTREAM_OPTIONS,
+    mutants=tuple(mutants.MUTANTS),
+    mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
+)

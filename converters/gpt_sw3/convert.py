@@ -14,19 +14,19 @@ from typing import Any
 from converters.gpt_sw3.source import shapes
 from harness.errors import ConversionError
 from harness.mapping.config_kinds import Bool, Count, Divides, NotAbove, Optional, PositiveFloat, PositiveInt, Valid
-from harness.mapping.config_map import ConfigMap, Field
+from harness.mapping.config_map import REQUIRED, ConfigMap, Field
 from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.mapping.keymap import KeyMap
+from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import CutVocab, Drop, GroupQKV, Rename, Tie, Transpose
 
 __all__ = ["CONFIG", "IGNORED", "KEYS", "ONNX_SAFE_NOTE", "convert", "invert"]
 
 
-def _activation(value: Any, c: Mapping[str, Any]) -> str:
+def _activation(fusion: bool, openai_gelu: bool, onnx_safe: bool) -> str:
     # ParallelMLP (legacy/model/transformer.py L132-147): openai_gelu (tanh), else onnx_safe erf_gelu (erf with
     # x/1.41421: the nearest transformers activation, exact GELU, differs by ~1e-6 relative per activation; see
     # ONNX_SAFE_NOTE), else the bias-GELU fusion, which is tanh and NeMo's default (fact 9).
-    tanh = c["openai_gelu"] or (not c["onnx_safe"] and c["bias_activation_fusion"])
+    tanh = openai_gelu or (not onnx_safe and fusion)
     return "gelu_pytorch_tanh" if tanh else "gelu"
 
 
@@ -69,18 +69,17 @@ CONFIG = ConfigMap(
         Field("max_position_embeddings", "n_positions", kind=PositiveInt),
         # megatron_gpt_config.yaml default
         Field("layernorm_epsilon", "layer_norm_epsilon", default=1e-5, kind=PositiveFloat),
-        Field("vocab_size", "vocab_size", kind=PositiveInt),  # the real vocabulary (fact 12), set by read()
-        # The embedding's padded row count leaves config.json as the real vocab; inverted, NeMo's default
-        # padding to a multiple of 128 (make_vocab_size_divisible_by: 128) is assumed.
-        Field("padded_vocab_size", "vocab_size", default=None, to_target=lambda v, c: c["vocab_size"],
-              to_source=lambda v, t: math.ceil(v / 128) * 128, kind=Optional(PositiveInt)),
+        # vocab_size is the real vocabulary (fact 12), set by read(); the embedding's padded row count leaves
+        # config.json as that. Inverted, NeMo's default padding to a multiple of 128 (make_vocab_size_divisible_by).
+        Field(("vocab_size", "padded_vocab_size"), "vocab_size", default=(REQUIRED, None),
+              kind=(PositiveInt, Optional(PositiveInt)), to_target=lambda vocab, padded: vocab,
+              to_source=lambda vocab: (vocab, math.ceil(vocab / 128) * 128),
+              lossy="padded_vocab_size comes back as the next multiple of 128"),
         # Three cfg switches pick one activation (fact 9); absent fusion means True (megatron_gpt_model.py L192).
-        Field("bias_activation_fusion", "activation_function", default=True, to_target=_activation,
-              to_source=lambda v, t: v != "gelu", kind=Bool),
-        Field("openai_gelu", "activation_function", default=False, to_target=_activation,
-              to_source=lambda v, t: False, kind=Bool),
-        Field("onnx_safe", "activation_function", default=False, to_target=_activation,
-              to_source=lambda v, t: False, kind=Bool),
+        Field(("bias_activation_fusion", "openai_gelu", "onnx_safe"), "activation_function",
+              default=(True, False, False), kind=Bool, to_target=_activation,
+              to_source=lambda act: (act != "gelu", False, False),
+              lossy="tanh comes back as the fusion (not openai_gelu), exact GELU as no switch (not onnx_safe)"),
     ],
     fixed={
         "model_type": "gpt2",
@@ -112,7 +111,7 @@ def _dims(c: Mapping[str, Any]) -> dict[str, int]:
             "padded_vocab_size": padded}
 
 
-KEYS = KeyMap(
+KEYS = Layouts("gpt_sw3", KeyMap(
     [
         CutVocab(P + "embedding.word_embeddings.weight", "transformer.wte.weight"),  # padded rows (fact 12)
         Rename(P + "embedding.position_embeddings.weight", "transformer.wpe.weight"),
@@ -138,7 +137,7 @@ KEYS = KeyMap(
     ],
     ranges={"layer": "num_layers"},
     dims=_dims,
-)
+), title="GPT-SW3")
 
 
 def convert(source: SourceCheckpoint) -> Converted:
@@ -146,7 +145,7 @@ def convert(source: SourceCheckpoint) -> Converted:
     completed = CONFIG.complete(source.config)  # every value of the right kind first
     _check_gpt2_can_compute(source.config)
     expected = shapes({**source.config, "padded_vocab_size": _dims(completed)["padded_vocab_size"]})
-    converted = convert_with(source, CONFIG, KEYS, expected)
+    converted = convert_with(source, CONFIG, KEYS.pick(source.layout), expected)
     if completed["onnx_safe"] and not completed["openai_gelu"]:
         converted.notes.append(ONNX_SAFE_NOTE)
     return converted
@@ -160,7 +159,7 @@ ONNX_SAFE_NOTE = ("onnx_safe: Megatron's erf_gelu divides by 1.41421, not sqrt(2
 
 def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
     """A GPT-2 state dict back to NeMo's layout; padding rows come back as zeros."""
-    return invert_with(config, tensors, CONFIG, KEYS)
+    return invert_with(config, tensors, CONFIG, KEYS.pick("default"))
 
 
 # NeMo cfg values (NeMo 1.16 yaml defaults) outside which the network is not GPT-2 (facts 5, 6, 10, 11).

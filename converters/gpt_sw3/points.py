@@ -1,6 +1,6 @@
 """GPT-SW3's named points: reference.py's probe names -> the ``GPT2LMHeadModel`` sub-modules computing them."""
 
-from harness.parity.points import Point
+from harness.mapping.points import Point
 
 _H = "transformer.h.{layer}"
 ATTENTION = ("n_head", "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")

@@ -22,7 +22,7 @@ from harness.io.source_files import read_bytes
 from harness.io.tensor_store import TensorStore
 from harness.io.tiny import random_weights
 from harness.mapping.conversion import SourceCheckpoint
-from harness.registry import Case
+from harness.mapping.family import Case
 
 __all__ = ["CASES", "CONTAINERS", "OPTIONS", "SIZES", "UPSTREAM_OPTIONS", "read", "shapes", "tiny", "write"]
 

@@ -1,11 +1,32 @@
 """Llama (Meta's params.json + consolidated.NN.pth rank files, Llama 1/2/3/3.1) -> transformers LlamaForCausalLM."""
 
-from converters.llama.convert import convert, invert
+from converters.llama import mutants, points
+from converters.llama.convert import CONFIG, KEYS, convert, invert
 from converters.llama.reference import forward
 from converters.llama.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
+from harness.mapping.family import Family
 
-# What `convert`/`verify` fetch for a Hub id as SOURCE: Meta's files; the Hub keeps them under original/.
-HUB_FILES = ["params.json", "consolidated.*.pth", "tokenizer.model", "original/params.json",
-             "original/consolidated.*.pth", "original/tokenizer.model"]
+__all__ = ["FAMILY"]
 
-__all__ = ["CASES", "HUB_FILES", "OPTIONS", "SIZES", "convert", "forward", "invert", "read", "shapes", "tiny", "write"]
+FAMILY = Family(
+    name="llama",
+    about=__doc__.strip(),
+    read=read,
+    write=write,
+    tiny=tiny,
+    shapes=shapes,
+    config=CONFIG,
+    keys=KEYS,
+    convert=convert,
+    invert=invert,
+    reference=forward,
+    cases=CASES,
+    sizes=SIZES,
+    # What `convert`/`verify` fetch for a Hub id as SOURCE: Meta's files; the Hub keeps them under original/.
+    hub_files=("params.json", "consolidated.*.pth", "tokenizer.model", "original/params.json",
+               "original/consolidated.*.pth", "original/tokenizer.model"),
+    options=OPTIONS,
+    mutants=tuple(mutants.MUTANTS),
+    mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
+)

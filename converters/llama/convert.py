@@ -21,7 +21,7 @@ from converters.llama.tokenizer import EXTRA, available, convert_tokenizer
 from harness.mapping.config_kinds import AnyOf, Bool, Count, OneOf, Optional, PositiveFloat, PositiveInt
 from harness.mapping.config_map import ConfigMap, Field
 from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.mapping.keymap import KeyMap
+from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Drop, MergeRanks, MergeRotary, Replicated
 
 __all__ = ["CONFIG", "KEYS", "LLAMA31_ROPE", "convert", "invert"]
@@ -31,57 +31,50 @@ LLAMA31_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
 
 
-def _ffn(value: Any, c: Mapping[str, Any]) -> int:
-    return ffn_hidden_dim(c["dim"], c["multiple_of"], c["ffn_dim_multiplier"])  # fact 4
-
-
-def _multiplier(size: int, t: Mapping[str, Any]) -> float | None:
+def _ffn_fields(size: int, dim: int) -> tuple[int, float | None]:
     """Inverted with multiple_of = intermediate_size: any multiplier that lands in (0, size] rounds up to size."""
-    base = int(2 * (4 * t["hidden_size"]) / 3)
-    return None if base <= size else size / base
+    base = int(2 * (4 * dim) / 3)
+    return size, None if base <= size else size / base
 
 
-def _rope_parameters(theta: float, c: Mapping[str, Any]) -> dict[str, Any]:
-    scaled = LLAMA31_ROPE if c["use_scaled_rope"] else {}
-    return {"rope_type": "llama3" if scaled else "default", "rope_theta": float(theta), **scaled}
-
-
-def _context(scaled: bool, c: Mapping[str, Any]) -> int:
-    """Upstream's context is a runtime argument (max_seq_len, L2gen 111-115); write each release's own."""
-    return 131072 if scaled else 8192 if generation(c) == "llama3" else 4096
+def _rope(theta: float, scaled: bool) -> tuple[float, dict[str, Any], dict[str, Any] | None, int]:
+    """rope_theta (transformers 4.x), rope_parameters (5.x), rope_scaling (read by 4.x, and first by 5.x) and
+    max_position_embeddings: upstream's context is a runtime argument (max_seq_len, L2gen 111-115), so each
+    release's own is written."""
+    llama31 = LLAMA31_ROPE if scaled else {}
+    parameters = {"rope_type": "llama3" if scaled else "default", "rope_theta": float(theta), **llama31}
+    scaling = {"rope_type": "llama3", **LLAMA31_ROPE} if scaled else None
+    llama3 = generation({"rope_theta": theta, "use_scaled_rope": scaled}) == "llama3"
+    return float(theta), parameters, scaling, 131072 if scaled else 8192 if llama3 else 4096
 
 
 CONFIG = ConfigMap(
     [
         Field("dim", "hidden_size", kind=PositiveInt),
         Field("n_layers", "num_hidden_layers", kind=Count),
-        Field("n_heads", "num_attention_heads", kind=PositiveInt),
         # head_dim = dim // n_heads (L2 205, L3 116); there is no field for it upstream.
-        Field("n_heads", "head_dim", to_target=lambda v, c: c["dim"] // v,
-              to_source=lambda v, t: t["num_attention_heads"]),
+        Field("n_heads", ("num_attention_heads", "head_dim"), reads=("dim",), kind=PositiveInt,
+              to_target=lambda heads, dim: (heads, dim // heads), to_source=lambda heads, head_dim, dim: heads),
         # Absent or null: as many kv heads as q heads (L2 200, L3args 74-75).
-        Field("n_kv_heads", "num_key_value_heads", default=None, to_target=lambda v, c: v or c["n_heads"],
-              kind=Optional(PositiveInt)),
+        Field("n_kv_heads", "num_key_value_heads", default=None, reads=("n_heads",), to_target=lambda v, n: v or n,
+              kind=Optional(PositiveInt), lossy="a null comes back as n_heads"),
         # -1 in Llama 1/2 files: convert() takes the rows of output.weight
         Field("vocab_size", "vocab_size", kind=AnyOf(PositiveInt, OneOf(-1))),
         # FFN size from multiple_of and ffn_dim_multiplier (fact 4); both fold into intermediate_size.
-        Field("multiple_of", "intermediate_size", default=256, to_target=_ffn, to_source=lambda v, t: v,
-              kind=PositiveInt),
-        Field("ffn_dim_multiplier", "intermediate_size", default=None, to_target=_ffn, to_source=_multiplier,
-              kind=Optional(PositiveFloat)),
+        Field(("multiple_of", "ffn_dim_multiplier"), "intermediate_size", default=(256, None),
+              kind=(PositiveInt, Optional(PositiveFloat)), reads=("dim",),
+              to_target=lambda multiple, multiplier, dim: ffn_hidden_dim(dim, multiple, multiplier),
+              to_source=_ffn_fields, lossy="multiple_of comes back as intermediate_size, with a multiplier that "
+                                          "gives it"),
         # ModelArgs default (L2 28, L3args 47); Llama 1 says 1e-6
         Field("norm_eps", "rms_norm_eps", default=1e-5, kind=PositiveFloat),
         # Llama 1/2 ModelArgs has no rope_theta: precompute_freqs_cis's 10000 (L2 80, 450-454). Llama 3 files
         # always state theirs (llama-models' own default, 500000 at L3args 48, is never reached from a release).
-        Field("rope_theta", "rope_theta", default=10000.0, to_target=lambda v, c: float(v),  # transformers 4.x
-              kind=PositiveFloat),
-        Field("rope_theta", "rope_parameters", default=10000.0, to_target=_rope_parameters,
-              to_source=lambda v, t: v["rope_theta"], kind=PositiveFloat),  # transformers 5.x
-        Field("use_scaled_rope", "rope_scaling", default=False,  # L3args 49; read by 4.x, and first by 5.x
-              to_target=lambda v, c: {"rope_type": "llama3", **LLAMA31_ROPE} if v else None,
-              to_source=lambda v, t: v is not None, kind=Bool),
-        Field("use_scaled_rope", "max_position_embeddings", default=False, to_target=_context,
-              to_source=lambda v, t: t["rope_scaling"] is not None, kind=Bool),
+        # use_scaled_rope: L3args 49, read as rope_scaling by 4.x, and first by 5.x.
+        Field(("rope_theta", "use_scaled_rope"),
+              ("rope_theta", "rope_parameters", "rope_scaling", "max_position_embeddings"),
+              default=(10000.0, False), kind=(PositiveFloat, Bool), to_target=_rope,
+              to_source=lambda theta, parameters, scaling, context: (parameters["rope_theta"], scaling is not None)),
     ],
     fixed={
         "model_type": "llama",
@@ -120,14 +113,15 @@ def _dims(c: Mapping[str, Any]) -> dict[str, int]:
     return {k: v for k, v in sizes(dict(c)).items() if k in ("n_layers", "n_heads", "n_kv_heads", "head_dim")}
 
 
-KEYS = {
+# A source that names no layout (one rank file cannot tell) gets the one its params.json implies: see convert.
+KEYS = Layouts("llama", {
     # ParallelEmbedding: each rank holds every row, dim/ranks columns (L2 437-439).
     "llama2": KeyMap([MergeRanks("tok_embeddings.weight", "model.embed_tokens.weight", dim=1), *_BLOCKS],
                      _RANGES, _dims),
     # VocabParallelEmbedding: each rank holds vocab/ranks whole rows (L3 264).
     "llama3": KeyMap([MergeRanks("tok_embeddings.weight", "model.embed_tokens.weight", dim=0), *_BLOCKS],
                      _RANGES, _dims),
-}
+}, default="llama2", title="Llama")
 
 
 def convert(source: SourceCheckpoint) -> Converted:
@@ -138,15 +132,15 @@ def convert(source: SourceCheckpoint) -> Converted:
     (and checked against Meta's own library where the ``tokenizer`` extra is installed).
     """
     CONFIG.complete(source.config)  # every field's kind checked before any value is used
-    layout = source.layout if source.layout in KEYS else generation(source.config)
+    keys = KEYS.pick(generation(source.config) if source.layout == "default" else source.layout)
     config, notes = dict(source.config), list(source.notes)
     if config.get("vocab_size", -1) <= 0 and "output.weight" in source.tensors:
         shape = source.tensors.meta("output.weight")[0]  # (ranks, rows, dim): the ledger checks the rest
         config["vocab_size"] = shape[0] * shape[1] if len(shape) == 3 else -1
         notes.append(f"params.json vocab_size {source.config.get('vocab_size')}: {config['vocab_size']} from "
                      "output.weight")
-    expected = shapes(CONFIG.complete(config), layout, model_parallel_size(source.tensors))
-    converted = convert_with(replace(source, config=config, notes=notes), CONFIG, KEYS[layout], expected)
+    expected = shapes(CONFIG.complete(config), keys.layout, model_parallel_size(source.tensors))
+    converted = convert_with(replace(source, config=config, notes=notes), CONFIG, keys, expected)
     folder = source.path if source.path is None or source.path.is_dir() else source.path.parent
     if folder is not None and (folder / TOKENIZER).is_file():
         checked = available(folder / TOKENIZER)
@@ -159,4 +153,4 @@ def convert(source: SourceCheckpoint) -> Converted:
 def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
     """A transformers Llama state dict back to one rank file's worth of Meta's layout (``write`` reshards)."""
     layout = generation(CONFIG.to_source(config))
-    return invert_with(config, tensors, CONFIG, KEYS[layout], layout=layout)
+    return invert_with(config, tensors, CONFIG, KEYS.pick(layout), layout=layout)

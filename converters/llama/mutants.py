@@ -12,20 +12,24 @@ import torch
 
 from converters.llama.source import ffn_hidden_dim
 from harness.mapping import transforms
+from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import MergeRanks, MergeRotary
-from harness.mutation.catalogue import Mutable, Mutant, rerun, set_config
-from harness.mutation.runner import MutationCase
+from harness.mutation.planting import Catalogue, Mutable, rerun, set_config
 
 __all__ = ["CASES", "MUTANTS"]
 
+MUTANTS = Catalogue()  # in the order the functions below are defined
 
+
+@MUTANTS.add
 def rotary_not_permuted(m: Mutable) -> None:
     """wq/wk rank slices merged but copied without the interleaved -> rotate-half permutation (fact 8: the
     logits move by 1.7-3.7)."""
     rerun(m, MergeRotary, lambda step, src: [transforms.concat_ranks(src[0], 0)])
 
 
+@MUTANTS.add
 def gqa_k_permuted_with_n_heads(m: Mutable) -> None:
     """``permute(wk, n_heads, key_value_dim)``: the k rows cut into n_heads groups instead of n_kv_heads (the
     old script's grouped-query trap, fact 8). Only where the rows split evenly; otherwise the script crashed."""
@@ -41,6 +45,7 @@ def gqa_k_permuted_with_n_heads(m: Mutable) -> None:
     rerun(m, MergeRotary, wrong)
 
 
+@MUTANTS.add
 def embedding_merged_on_wrong_dim(m: Mutable) -> None:
     """The embedding's rank slices joined along the other axis: Llama 3's vocabulary split joined on dim 1 (the
     old script's ``concat_dim`` for a version it does not know as 3), or Llama 2's column split on dim 0, as
@@ -53,12 +58,14 @@ def embedding_merged_on_wrong_dim(m: Mutable) -> None:
     rerun(m, MergeRanks, other_axis)
 
 
+@MUTANTS.add
 def ranks_in_reverse_order(m: Mutable) -> None:
     """Rank files joined in the wrong order (a glob without ``sorted``; fact 1: file i is rank i)."""
     rerun(m, MergeRanks, lambda step, src: step.rule.forward([src[0].flip(0)], m.converted.dims)
           if src[0].shape[0] > 1 else None)
 
 
+@MUTANTS.add
 def ffn_size_without_multiplier(m: Mutable) -> None:
     """intermediate_size from dim and multiple_of alone, ffn_dim_multiplier ignored (fact 4: 224 -> 192)."""
     c = m.source_config
@@ -66,12 +73,14 @@ def ffn_size_without_multiplier(m: Mutable) -> None:
         m.config["intermediate_size"] = ffn_hidden_dim(c["dim"], c.get("multiple_of", 256), None)
 
 
+@MUTANTS.add
 def rope_theta_10000_for_llama3(m: Mutable) -> None:
     """The rotary base left at Llama 2's 10000 for a Llama 3 file that states 500000 (fact 2)."""
     if m.source_config.get("rope_theta") not in (None, 10000.0):
         set_config(m, lambda k: k == "rope_theta", lambda v: 10000.0)
 
 
+@MUTANTS.add
 def scaled_rope_dropped(m: Mutable) -> None:
     """Llama 3.1's ``use_scaled_rope`` ignored: plain rotary frequencies (fact 9: 0.030 on the oracle case)."""
     if m.config.get("rope_scaling"):
@@ -79,9 +88,6 @@ def scaled_rope_dropped(m: Mutable) -> None:
         m.config["rope_parameters"] = {"rope_type": "default", "rope_theta": m.config["rope_parameters"]["rope_theta"]}
 
 
-MUTANTS: list[Mutant] = [rotary_not_permuted, gqa_k_permuted_with_n_heads, embedding_merged_on_wrong_dim,
-                         ranks_in_reverse_order, ffn_size_without_multiplier, rope_theta_10000_for_llama3,
-                         scaled_rope_dropped]
 
 CASES = {
     # With unit-scale embeddings eps 1e-5 vs 1e-6 moves the logits by ~4e-5 only; at Llama's real embedding

@@ -1,6 +1,6 @@
 """Llama's named points: reference.py's probe names -> the ``LlamaForCausalLM`` sub-modules computing them."""
 
-from harness.parity.points import Point
+from harness.mapping.points import Point
 
 ROPE = ("rope_theta", "rope_parameters", "rope_scaling", "num_attention_heads", "num_key_value_heads", "head_dim")
 

@@ -26,7 +26,7 @@ from harness.io.source_files import read_json_config
 from harness.io.tensor_store import TensorStore
 from harness.io.tiny import random_weights
 from harness.mapping.conversion import SourceCheckpoint
-from harness.registry import Case
+from harness.mapping.family import Case
 
 __all__ = ["CASES", "LAYOUTS", "OPTIONS", "SIZES", "ffn_hidden_dim", "generation", "read", "shapes", "sizes", "tiny",
            "write"]

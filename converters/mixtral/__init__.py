@@ -1,11 +1,31 @@
 """Mixtral (Mistral AI params.json + consolidated.*) -> transformers MixtralForCausalLM."""
 
-from converters.mixtral.convert import convert, invert
+from converters.mixtral import mutants, points
+from converters.mixtral.convert import CONFIG, KEYS, convert, invert
 from converters.mixtral.reference import forward
 from converters.mixtral.source import CASES, SIZES, read, shapes, tiny, write
+from harness.mapping.family import Family
 
-# What `convert`/`verify` fetch for a Hub id as SOURCE: params.json +
-# consolidated.safetensors / .00.pth / .NN.pt (source.read).
-HUB_FILES = ["params.json", "consolidated.*"]
+__all__ = ["FAMILY"]
 
-__all__ = ["CASES", "HUB_FILES", "SIZES", "convert", "forward", "invert", "read", "shapes", "tiny", "write"]
+FAMILY = Family(
+    name="mixtral",
+    about=__doc__.strip(),
+    read=read,
+    write=write,
+    tiny=tiny,
+    shapes=shapes,
+    config=CONFIG,
+    keys=KEYS,
+    convert=convert,
+    invert=invert,
+    reference=forward,
+    cases=CASES,
+    sizes=SIZES,
+    # What `convert`/`verify` fetch for a Hub id as SOURCE: params.json +
+    # consolidated.safetensors / .00.pth / .NN.pt (source.read).
+    hub_files=("params.json", "consolidated.*"),
+    mutants=tuple(mutants.MUTANTS),
+    mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
+)

@@ -21,7 +21,7 @@ from harness.mapping.config_kinds import (
 )
 from harness.mapping.config_map import ConfigMap, Field
 from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.mapping.keymap import KeyMap
+from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Rename, Rotary, Unstack
 
 __all__ = ["CONFIG", "KEYS", "convert", "invert"]
@@ -40,8 +40,8 @@ CONFIG = ConfigMap(
         Field("moe.num_experts", "num_local_experts", kind=Count),
         Field("moe.num_experts_per_tok", "num_experts_per_tok", kind=PositiveInt),
         # L312 `self.args.rope_theta or 1000000.0`: absent, null or 0 means 1e6 (the 8x7B params.json has none).
-        Field("rope_theta", "rope_theta", default=1e6, to_target=lambda v, c: float(v or 1e6),
-              kind=Optional(NonNegativeFloat)),
+        Field("rope_theta", "rope_theta", default=1e6, to_target=lambda v: float(v or 1e6),
+              kind=Optional(NonNegativeFloat), lossy="absent, null or 0 comes back as 1e6"),
     ],
     fixed={
         "model_type": "mixtral",
@@ -61,8 +61,7 @@ CONFIG = ConfigMap(
     ],
 )
 
-_COMMON = [
-    Rename("tok_embeddings.weight", "model.embed_tokens.weight"),
+_ATTENTION = [
     # Upstream rotates interleaved pairs (L69-79); transformers rotates halves: permute q/k rows per head.
     Rotary("layers.{layer}.attention.wq.weight", "model.layers.{layer}.self_attn.q_proj.weight", heads="n_heads"),
     Rotary("layers.{layer}.attention.wk.weight", "model.layers.{layer}.self_attn.k_proj.weight", heads="n_kv_heads"),
@@ -70,9 +69,9 @@ _COMMON = [
     Rename("layers.{layer}.attention.wo.weight", "model.layers.{layer}.self_attn.o_proj.weight"),
     Rename("layers.{layer}.attention_norm.weight", "model.layers.{layer}.input_layernorm.weight"),
     Rename("layers.{layer}.ffn_norm.weight", "model.layers.{layer}.post_attention_layernorm.weight"),
-    Rename("norm.weight", "model.norm.weight"),
-    Rename("output.weight", "lm_head.weight"),
 ]
+_EMBED = Rename("tok_embeddings.weight", "model.embed_tokens.weight")
+_HEAD = [Rename("norm.weight", "model.norm.weight"), Rename("output.weight", "lm_head.weight")]
 _MOE = "model.layers.{layer}.block_sparse_moe"
 _RANGES = {"layer": "n_layers", "expert": "n_experts"}
 
@@ -82,31 +81,37 @@ def _dims(c: dict[str, Any]) -> dict[str, int]:
             "head_dim": c["head_dim"], "n_experts": c["moe.num_experts"]}
 
 
-KEYS = {
+KEYS = Layouts("mixtral", {
     # Per-expert keys, as upstream's module tree names them (w1 = gate_proj, w3 = up_proj, w2 = down_proj).
-    "experts": KeyMap(_COMMON + [
+    "experts": KeyMap([
+        _EMBED,
+        *_ATTENTION,
         Rename("layers.{layer}.feed_forward.gate.weight", f"{_MOE}.gate.weight"),
         Rename("layers.{layer}.feed_forward.experts.{expert}.w1.weight", f"{_MOE}.experts.{{expert}}.w1.weight"),
         Rename("layers.{layer}.feed_forward.experts.{expert}.w2.weight", f"{_MOE}.experts.{{expert}}.w2.weight"),
         Rename("layers.{layer}.feed_forward.experts.{expert}.w3.weight", f"{_MOE}.experts.{{expert}}.w3.weight"),
+        *_HEAD,
     ], _RANGES, _dims),
     # Hub consolidated.0N.pt: experts stacked by rows, no `.weight` suffix; row block e of w2 is w2_e transposed.
-    "fused": KeyMap(_COMMON + [
+    "fused": KeyMap([
+        _EMBED,
+        *_ATTENTION,
         Rename("layers.{layer}.block_sparse_moe.gate.weight", f"{_MOE}.gate.weight"),
         Unstack("layers.{layer}.block_sparse_moe.w1", f"{_MOE}.experts.{{expert}}.w1.weight"),
         Unstack("layers.{layer}.block_sparse_moe.w2", f"{_MOE}.experts.{{expert}}.w2.weight", transpose_blocks=True),
         Unstack("layers.{layer}.block_sparse_moe.w3", f"{_MOE}.experts.{{expert}}.w3.weight"),
+        *_HEAD,
     ], _RANGES, _dims),
-}
+}, default="experts", title="Mixtral")
 
 
 def convert(source: SourceCheckpoint) -> Converted:
     """Config and tensor stream for ``MixtralForCausalLM``; the ledger checks keys and shapes first."""
-    layout = source.layout if source.layout in KEYS else "experts"
-    expected = shapes(CONFIG.to_source(CONFIG.to_target(source.config)), layout)  # defaults filled in
-    return convert_with(source, CONFIG, KEYS[layout], expected)
+    keys = KEYS.pick(source.layout)
+    expected = shapes(CONFIG.to_source(CONFIG.to_target(source.config)), keys.layout)  # defaults filled in
+    return convert_with(source, CONFIG, keys, expected)
 
 
 def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
     """A transformers Mixtral state dict (per-expert keys) back to Mistral's per-expert layout."""
-    return invert_with(config, tensors, CONFIG, KEYS["experts"], layout="experts")
+    return invert_with(config, tensors, CONFIG, KEYS.pick("experts"), layout="experts")

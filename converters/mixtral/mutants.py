@@ -9,14 +9,17 @@ from __future__ import annotations
 import torch
 
 from harness.mapping import transforms
+from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import Unstack
-from harness.mutation.catalogue import Mutable, Mutant, rerun, set_config
-from harness.mutation.runner import MutationCase
+from harness.mutation.planting import Catalogue, Mutable, rerun, set_config
 
 __all__ = ["CASES", "MUTANTS"]
 
+MUTANTS = Catalogue()  # in the order the functions below are defined
 
+
+@MUTANTS.add
 def rope_theta_default_10000(m: Mutable) -> None:
     """``params.get("rope_theta", 10000.0)``: a params.json without rope_theta gets 1e4, not upstream's 1e6
     (moe_one_file_ref.py L312 ``rope_theta or 1000000.0``; golden/upstream/mixtral/README.md fact 3)."""
@@ -24,6 +27,7 @@ def rope_theta_default_10000(m: Mutable) -> None:
         set_config(m, lambda k: k == "rope_theta", lambda v: 10000.0)
 
 
+@MUTANTS.add
 def fused_w2_not_transposed(m: Mutable) -> None:
     """The Hub's fused ``block_sparse_moe.w2`` cut into row blocks without transposing each one (README fact 10:
     row block e of w2 is w2_e transposed)."""
@@ -35,7 +39,6 @@ def fused_w2_not_transposed(m: Mutable) -> None:
     rerun(m, Unstack, untransposed)
 
 
-MUTANTS: list[Mutant] = [rope_theta_default_10000, fused_w2_not_transposed]
 
 CASES = {
     # Mixtral ships 1e-5; at 1e-3 a hard-coded epsilon moves the logits far past the float32 bound.

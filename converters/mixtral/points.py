@@ -1,6 +1,6 @@
 """Mixtral's named points: reference.py's probe names -> the ``MixtralForCausalLM`` sub-modules computing them."""
 
-from harness.parity.points import Point
+from harness.mapping.points import Point
 
 ATTENTION = ("rope_theta", "rope_parameters", "num_attention_heads", "num_key_value_heads", "head_dim",
              "sliding_window")

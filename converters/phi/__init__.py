@@ -1,11 +1,31 @@
 """Phi (Microsoft's original phi-msft / mixformer-sequential checkpoints) -> transformers PhiForCausalLM."""
 
-from converters.phi.convert import convert, invert
+from converters.phi import mutants, points
+from converters.phi.convert import CONFIG, KEYS, convert, invert
 from converters.phi.reference import forward
 from converters.phi.source import CASES, SIZES, read, shapes, tiny, write
+from harness.mapping.family import Family
 
-# What `convert`/`verify` fetch for a Hub id as SOURCE: config.json +
-# pytorch_model.bin / model.safetensors / shards + index (source.read).
-HUB_FILES = ["config.json", "*.bin", "*.safetensors", "*.index.json"]
+__all__ = ["FAMILY"]
 
-__all__ = ["CASES", "HUB_FILES", "SIZES", "convert", "forward", "invert", "read", "shapes", "tiny", "write"]
+FAMILY = Family(
+    name="phi",
+    about=__doc__.strip(),
+    read=read,
+    write=write,
+    tiny=tiny,
+    shapes=shapes,
+    config=CONFIG,
+    keys=KEYS,
+    convert=convert,
+    invert=invert,
+    reference=forward,
+    cases=CASES,
+    sizes=SIZES,
+    # What `convert`/`verify` fetch for a Hub id as SOURCE: config.json +
+    # pytorch_model.bin / model.safetensors / shards + index (source.read).
+    hub_files=("config.json", "*.bin", "*.safetensors", "*.index.json"),
+    mutants=tuple(mutants.MUTANTS),
+    mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
+)

@@ -27,9 +27,9 @@ from harness.mapping.config_kinds import (
     Probability,
     String,
 )
-from harness.mapping.config_map import ConfigMap, Field
+from harness.mapping.config_map import REQUIRED, ConfigMap, Field
 from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.mapping.keymap import KeyMap
+from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Drop, Rename, RenameAt, RuleLike, Split
 
 __all__ = ["CONFIG", "KEYS", "convert", "invert"]
@@ -37,63 +37,66 @@ __all__ = ["CONFIG", "KEYS", "convert", "invert"]
 ROPE_THETA = 10000.0  # MHA(rotary_base=10000.0) (msft:518); never read from the config
 
 
-def _model_type(value: str, c: Mapping[str, Any]) -> str:
+def _model_type(value: str) -> str:
     if value not in ("phi-msft", "mixformer-sequential"):
         raise ConversionError(f"config.json: model_type {value!r} is not an original Phi layout; expected 'phi-msft'"
                               " or 'mixformer-sequential' (a transformers 'phi' folder needs no conversion)")
     return "phi"
 
 
-def _rope(rotary_dim: int, c: Mapping[str, Any]) -> dict[str, Any]:
+def _rope(rotary_dim: int, n_embd: int, n_head: int) -> tuple[dict[str, Any], float]:
     """tf5:168 takes ``int(head_dim * factor)`` dims: pick the smallest float factor that gives exactly rotary_dim.
 
     rotary_dim/head_dim can round down (30/44·44 = 29.999...); nudging it up one ulp at a time fixes that.
+    transformers 4.x reads the factor at the top level and ignores rope_parameters: it is written there too.
     """
-    s = sizes(c)
-    rotary, head_dim = s["rotary_dim"], s["head_dim"]  # clamped to head_dim (cfg:51)
+    head_dim = n_embd // n_head
+    rotary = min(rotary_dim, head_dim)  # clamped to head_dim by the config class (cfg:51)
     factor = rotary / head_dim
     while int(head_dim * factor) < rotary:
         factor = math.nextafter(factor, math.inf)
-    return {"rope_type": "default", "rope_theta": ROPE_THETA, "partial_rotary_factor": factor}
+    return {"rope_type": "default", "rope_theta": ROPE_THETA, "partial_rotary_factor": factor}, factor
 
 
-def _rotary_dim(rope: Mapping[str, Any], t: Mapping[str, Any]) -> int:
-    return int(t["hidden_size"] // t["num_attention_heads"] * rope["partial_rotary_factor"])
+def _rotary_dim(rope: Mapping[str, Any], factor: float, n_embd: int, n_head: int) -> int:
+    return int(n_embd // n_head * factor)
 
 
-def _untied(value: bool, c: Mapping[str, Any]) -> bool:
+def _untied(value: bool) -> bool:
     if value:
         raise ConversionError("config.json: tie_word_embeddings is true, but Phi's lm_head.linear is its own biased "
                               "Linear (msft:798-803); set it to false")
     return False
 
 
+def _vocab_rows(vocab_size: int, multiple: int) -> int:
+    return math.ceil(vocab_size / multiple) * multiple  # padded by the config class (cfg:44)
+
+
+_AS_STATED = "a null comes back as the number it stands for"
 CONFIG = ConfigMap(
     [
-        Field("model_type", "model_type", default="phi-msft", to_target=_model_type, to_source=lambda v, t: "phi-msft",
-              kind=String),
+        Field("model_type", "model_type", default="phi-msft", to_target=_model_type, to_source=lambda v: "phi-msft",
+              kind=String, lossy="mixformer-sequential comes back as phi-msft, the newer layout"),
         Field("n_embd", "hidden_size", kind=PositiveInt),
         Field("n_layer", "num_hidden_layers", kind=Count),
         Field("n_head", "num_attention_heads", kind=PositiveInt),
-        Field("n_head_kv", "num_key_value_heads", default=DEFAULTS["n_head_kv"],
-              to_target=lambda v, c: sizes(c)["n_head_kv"], kind=Optional(PositiveInt)),
-        Field("n_inner", "intermediate_size", default=DEFAULTS["n_inner"], to_target=lambda v, c: sizes(c)["n_inner"],
-              kind=Optional(PositiveInt)),
+        Field("n_head_kv", "num_key_value_heads", default=DEFAULTS["n_head_kv"], reads=("n_head",),
+              to_target=lambda kv, n_head: kv or n_head, kind=Optional(PositiveInt), lossy=_AS_STATED),  # msft:473
+        Field("n_inner", "intermediate_size", default=DEFAULTS["n_inner"], reads=("n_embd",),
+              to_target=lambda inner, n_embd: inner or 4 * n_embd, kind=Optional(PositiveInt),
+              lossy=_AS_STATED),  # msft:313
         Field("n_positions", "max_position_embeddings", default=DEFAULTS["n_positions"], kind=PositiveInt),
-        Field("rotary_dim", "rope_parameters", default=DEFAULTS["rotary_dim"], to_target=_rope, to_source=_rotary_dim,
-              kind=PositiveInt),
-        # transformers 4.x reads the factor at the top level and ignores rope_parameters: write it there too.
-        Field("rotary_dim", "partial_rotary_factor", default=DEFAULTS["rotary_dim"],
-              to_target=lambda v, c: _rope(v, c)["partial_rotary_factor"],
-              to_source=lambda v, t: _rotary_dim({"partial_rotary_factor": v}, t), kind=PositiveInt),
+        Field("rotary_dim", ("rope_parameters", "partial_rotary_factor"), default=DEFAULTS["rotary_dim"],
+              reads=("n_embd", "n_head"), to_target=_rope, to_source=_rotary_dim, kind=PositiveInt,
+              lossy="a rotary_dim above head_dim comes back as head_dim"),
         Field("activation_function", "hidden_act", default=DEFAULTS["activation_function"],  # ACT2FN (msft:317)
               kind=String),
         Field("layer_norm_epsilon", "layer_norm_eps", default=DEFAULTS["layer_norm_epsilon"], kind=PositiveFloat),
         # The embedding has the padded row count (cfg:44) and so do the logits: vocab_size = rows, never cut.
-        # pad_vocab_size_multiple folds into the same target; inverted, the rows are the vocabulary (multiple 1).
-        Field("vocab_size", "vocab_size", to_target=lambda v, c: sizes(c)["vocab_rows"], kind=PositiveInt),
-        Field("pad_vocab_size_multiple", "vocab_size", default=DEFAULTS["pad_vocab_size_multiple"],
-              to_target=lambda v, c: sizes(c)["vocab_rows"], to_source=lambda v, t: 1, kind=PositiveInt),
+        Field(("vocab_size", "pad_vocab_size_multiple"), "vocab_size",
+              default=(REQUIRED, DEFAULTS["pad_vocab_size_multiple"]), kind=PositiveInt, to_target=_vocab_rows,
+              to_source=lambda rows: (rows, 1), lossy="the padded rows come back as the vocabulary (multiple 1)"),
         Field("resid_pdrop", "resid_pdrop", default=DEFAULTS["resid_pdrop"], kind=Probability),
         Field("embd_pdrop", "embd_pdrop", default=DEFAULTS["embd_pdrop"], kind=Probability),
         Field("attn_pdrop", "attention_dropout", default=DEFAULTS["attn_pdrop"], kind=Probability),
@@ -144,6 +147,7 @@ def _table(embed: str, block: str, head: str, at: str | None = None) -> list[Rul
         # Wqkv rows are [Q | K | V], each head-major (msft:594, 633-637): a plain row split, NOT per-head interleaved.
         rules.append(Split(f"{block}.mixer.Wqkv.{p}", [f"{_ATTN}.{x}_proj.{p}" for x in "qkv"],
                            heads="n_head", kv_heads="n_head_kv"))
+    for p in ("weight", "bias"):
         for src, dst in ((f"{head}.ln.{p}", f"model.final_layernorm.{p}"), (f"{head}.linear.{p}", f"lm_head.{p}")):
             rules.append(Rename(src, dst) if at is None else RenameAt(src, dst, at=at))  # msft:798-803
     return rules
@@ -151,20 +155,20 @@ def _table(embed: str, block: str, head: str, at: str | None = None) -> list[Rul
 
 _MIXFORMER = KeyMap(_table("layers.0.wte.weight", "layers.{layer+1}", "layers.{head}", at="head"),
                     {"layer": "n_layer", "head": lambda d: [d["n_layer"] + 1]}, sizes)  # mix:817-821
-KEYS = {
+KEYS = Layouts("phi", {
     "phi-msft": KeyMap(_table("transformer.embd.wte.weight", "transformer.h.{layer}", "lm_head"),
                        {"layer": "n_layer"}, sizes),  # msft:895-896, 933-934
     "mixformer-sequential": _MIXFORMER,
     "mixformer-v0": _MIXFORMER,  # same keys plus the inv_freq buffers that _DROP removes
-}
+}, default="phi-msft", title="Phi")
 
 
 def convert(source: SourceCheckpoint) -> Converted:
     """Config and tensor stream for ``PhiForCausalLM``; the ledger checks keys and shapes first."""
-    layout = source.layout if source.layout in KEYS else "phi-msft"
-    return convert_with(source, CONFIG, KEYS[layout], shapes(CONFIG.complete(source.config), layout))
+    keys = KEYS.pick(source.layout)
+    return convert_with(source, CONFIG, keys, shapes(CONFIG.complete(source.config), keys.layout))
 
 
 def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
     """A transformers Phi state dict back to the phi-msft layout (the newer of the two)."""
-    return invert_with(config, tensors, CONFIG, KEYS["phi-msft"], layout="phi-msft")
+    return invert_with(config, tensors, CONFIG, KEYS.pick("phi-msft"), layout="phi-msft")

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import torch
 
+from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import Split
-from harness.mutation.catalogue import Mutable, Mutant, rerun, set_config
-from harness.mutation.runner import MutationCase
+from harness.mutation.planting import Catalogue, Mutable, rerun, set_config
 
 __all__ = ["CASES", "MUTANTS"]
 
+MUTANTS = Catalogue()  # in the order the functions below are defined
 
+
+@MUTANTS.add
 def wqkv_interleaved_reshuffle(m: Mutable) -> None:
     """``Wqkv.view(3, heads, -1, hidden).transpose(0, 1)``: the [Q | K | V] rows reshuffled per head (for an
     early HF Phi), then chunked into q/k/v (README fact 5: errors 2.3-4.0). Only expressible without GQA."""
@@ -31,12 +34,12 @@ def wqkv_interleaved_reshuffle(m: Mutable) -> None:
     rerun(m, Split, reshuffle)
 
 
+@MUTANTS.add
 def rotary_over_whole_head(m: Mutable) -> None:
     """Rotary applied to every head dimension instead of ``rotary_dim`` of them (README: errors 0.9-1.3)."""
     set_config(m, lambda k: k == "partial_rotary_factor", lambda v: 1.0)
 
 
-MUTANTS: list[Mutant] = [wqkv_interleaved_reshuffle, rotary_over_whole_head]
 
 CASES = {
     "eps-1e-3": MutationCase("layer_norm_epsilon 1e-3: a norm epsilon that matters next to unit-scale activations",

@@ -1,6 +1,6 @@
 """Phi's named points: reference.py's probe names -> the ``PhiForCausalLM`` sub-modules computing them."""
 
-from harness.parity.points import Point
+from harness.mapping.points import Point
 
 ATTENTION = ("rope_theta", "rope_parameters", "partial_rotary_factor", "num_attention_heads", "num_key_value_heads",
              "qk_layernorm")

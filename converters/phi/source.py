@@ -27,7 +27,7 @@ from harness.io.source_files import index_shards, open_weights, read_json_config
 from harness.io.tensor_store import TensorStore
 from harness.io.tiny import random_weights
 from harness.mapping.conversion import SourceCheckpoint
-from harness.registry import Case
+from harness.mapping.family import Case
 
 __all__ = ["CASES", "CONTAINERS", "DEFAULTS", "LAYOUTS", "SIZES", "read", "shapes", "sizes", "tiny", "write"]
 

@@ -1,12 +1,33 @@
 """RWKV-4 (BlinkDL .pth state dict, sizes from shapes) -> transformers RwkvForCausalLM."""
 
-from converters.rwkv.convert import convert, invert
+from converters.rwkv import mutants, points
+from converters.rwkv.convert import CONFIG, KEYS, convert, invert
 from converters.rwkv.loading import loading
 from converters.rwkv.reference import forward
 from converters.rwkv.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
+from harness.mapping.family import Family
 
-# What `convert`/`verify` fetch for a Hub id as SOURCE: one BlinkDL .pth; sizes come from shapes.
-HUB_FILES = ["*.pth"]
+__all__ = ["FAMILY"]
 
-__all__ = ["CASES", "HUB_FILES", "OPTIONS", "SIZES", "convert", "forward", "invert", "loading", "read", "shapes",
-           "tiny", "write"]
+FAMILY = Family(
+    name="rwkv",
+    about=__doc__.strip(),
+    read=read,
+    write=write,
+    tiny=tiny,
+    shapes=shapes,
+    config=CONFIG,
+    keys=KEYS,
+    convert=convert,
+    invert=invert,
+    reference=forward,
+    cases=CASES,
+    sizes=SIZES,
+    # What `convert`/`verify` fetch for a Hub id as SOURCE: one BlinkDL .pth; sizes come from shapes.
+    hub_files=("*.pth",),
+    options=OPTIONS,
+    loading=loading,
+    mutants=tuple(mutants.MUTANTS),
+    mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
+)

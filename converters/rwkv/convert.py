@@ -28,7 +28,7 @@ from converters.rwkv.source import CTX_LEN, shapes
 from harness.mapping.config_kinds import Count, NonNegativeInt, PositiveInt
 from harness.mapping.config_map import ConfigMap, Field
 from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
-from harness.mapping.keymap import KeyMap
+from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Rename
 
 __all__ = ["CONFIG", "KEYS", "ONE_LAYER_NOTE", "convert", "invert"]
@@ -59,7 +59,7 @@ CONFIG = ConfigMap(
 )
 
 _B, _HF = "blocks.{layer}", "rwkv.blocks.{layer}"
-KEYS = KeyMap(
+KEYS = Layouts("rwkv", KeyMap(
     [
         Rename("emb.weight", "rwkv.embeddings.weight"),
         # ln0 exists only in block 0, applied to the embeddings (RWKV-LM model.py L636-637) = HF pre_ln (L331).
@@ -90,7 +90,7 @@ KEYS = KeyMap(
     ],
     ranges={"layer": "n_layer"},
     dims=lambda c: {"n_layer": c["n_layer"]},
-)
+), title="RWKV")
 
 # HF L378: RwkvPreTrainedModel._init_weights computes layer_id / (num_hidden_layers - 1), run by
 # from_pretrained too, so stock transformers raises ZeroDivisionError on any 1-layer RWKV.
@@ -103,7 +103,7 @@ ONE_LAYER_NOTE = ("this is a 1-layer RWKV: the converted weights are exact, but 
 def convert(source: SourceCheckpoint) -> Converted:
     """Config and tensor stream for ``RwkvForCausalLM``; the ledger checks every key and shape first."""
     complete = CONFIG.complete(source.config)
-    converted = convert_with(source, CONFIG, KEYS, shapes(complete))
+    converted = convert_with(source, CONFIG, KEYS.pick(source.layout), shapes(complete))
     if complete["n_layer"] == 1:
         converted.notes.append(ONE_LAYER_NOTE)
     return converted
@@ -111,4 +111,4 @@ def convert(source: SourceCheckpoint) -> Converted:
 
 def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
     """A transformers RWKV state dict back to BlinkDL's key names (the same table read backwards)."""
-    return invert_with(config, tensors, CONFIG, KEYS)
+    return invert_with(config, tensors, CONFIG, KEYS.pick("default"))

@@ -1,6 +1,6 @@
 """RWKV's named points: reference.py's probe names -> the ``RwkvForCausalLM`` sub-modules computing them."""
 
-from harness.parity.points import Point
+from harness.mapping.points import Point
 
 _B = "rwkv.blocks.{layer}"
 _N = "num_hidden_layers"  # whether block N exists at all

@@ -17,7 +17,7 @@ from harness.errors import ConversionError
 from harness.io.tensor_store import TensorStore, load_pickle, state_dict_problem
 from harness.io.tiny import random_normal, random_weights
 from harness.mapping.conversion import SourceCheckpoint
-from harness.registry import Case
+from harness.mapping.family import Case
 
 __all__ = ["CASES", "OPTIONS", "RESCALE_EVERY", "SIZES", "detect_version", "read", "shapes", "tiny", "write"]
 

@@ -11,6 +11,7 @@ import pickle
 import struct
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,28 @@ import torch
 from safetensors import safe_open
 
 from harness.errors import ConversionError, brief
-from harness.io.file_regions import FileRegion, safetensors_regions, torch_zip_regions
+from harness.io.file_regions import FileRegion, nbytes, safetensors_regions, torch_zip_regions
 from harness.io.sniff import container, describe_file
 
-__all__ = ["SAFETENSORS_DTYPES", "TensorMeta", "TensorStore", "load_pickle", "open_safetensors", "open_torch",
-           "state_dict_problem"]
+__all__ = ["DTYPES", "SAFETENSORS_DTYPES", "TensorMeta", "TensorSpec", "TensorStore", "load_pickle", "open_safetensors",
+           "open_torch", "state_dict_problem"]
+
+# The dtypes a checkpoint may be written in and parity run in, by the names the CLI takes.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One output tensor as the writer plans it: name, shape and dtype, no data."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.shape, self.dtype)
+
 
 TensorMeta = tuple[tuple[int, ...], torch.dtype]
 

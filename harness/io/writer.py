@@ -24,7 +24,7 @@ import torch
 from harness.errors import ConversionError
 from harness.io.file_regions import FileRegion, copy_region
 from harness.io.staging import staged_directory
-from harness.mapping.conversion import TensorSpec
+from harness.io.tensor_store import TensorSpec
 
 __all__ = ["Payload", "ShardPlan", "parse_size", "plan_shards", "write_model_dir"]
 

@@ -13,12 +13,18 @@ from typing import Any
 
 import torch
 
-from harness.io.file_regions import FileRegion, nbytes
-from harness.io.tensor_store import TensorStore
+from harness.errors import ConversionError
+from harness.io.file_regions import FileRegion
+from harness.io.finite import refuse_nonfinite
+from harness.io.tensor_store import DTYPES, TensorSpec, TensorStore
+from harness.io.writer import ShardPlan, write_model_dir
 from harness.mapping.config_map import ConfigMap
-from harness.mapping.keymap import KeyMap, Step
+from harness.mapping.keymap import KeyMap, Step, check_dtypes
+from harness.terminal import byte_progress
 
-__all__ = ["Converted", "SourceCheckpoint", "TensorSpec", "convert_with", "invert_with"]
+__all__ = ["DEFAULT_SHARD_SIZE", "Converted", "SourceCheckpoint", "convert_with", "invert_with", "write_converted"]
+
+DEFAULT_SHARD_SIZE = 5 * 10**9
 
 
 @dataclass
@@ -33,17 +39,6 @@ class SourceCheckpoint:
     layout: str = "default"
     path: Path | None = None
     notes: list[str] = field(default_factory=list)  # what reading had to decide (shown to the user)
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return nbytes(self.shape, self.dtype)
 
 
 @dataclass
@@ -115,3 +110,35 @@ def invert_with(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], 
     source_config = config_map.to_source(config)
     dims = key_map.dims(config_map.complete(source_config))
     return SourceCheckpoint(source_config, TensorStore.from_dict(key_map.invert(tensors, dims)), layout)
+
+
+def write_converted(converted: Converted, output: Path, *, dtype: str | None = None,
+                    max_shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = False,
+                    allow_nonfinite: bool = False) -> ShardPlan:
+    """Cast floating tensors to ``dtype`` (default: as stored) and write config and shards atomically.
+
+    NaN/Inf weights are refused (ConversionError, nothing written) unless ``allow_nonfinite``; then they are
+    written as they are and named in ``converted.notes``.
+    """
+    if dtype is not None and dtype not in DTYPES:
+        raise ConversionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    target = DTYPES[dtype] if dtype else None
+    check_dtypes(converted.steps, converted.source.meta, converted.source.origins)  # before any rule runs
+    specs = [_cast_spec(s, target) for s in converted.plan()]
+    floats = [s.dtype for s in specs if s.dtype.is_floating_point]
+    config = {**converted.config, "dtype": str(target or (floats[0] if floats else torch.float32))[6:]}
+    stream = refuse_nonfinite(converted.payloads(), allow=allow_nonfinite, notes=converted.notes)
+    total = sum(s.nbytes for s in specs)
+    files = converted.files() if converted.files is not None else {}  # a bad one fails before any tensor is read
+    try:
+        with byte_progress(total, enabled=progress) as advance:
+            return write_model_dir(output, config, specs, stream, max_shard_size, advance, files=files)
+    except OSError as err:  # the machine's, not the checkpoint's: a full disk, a read-only or vanished folder
+        where = f" ({err.filename})" if err.filename else ""
+        raise ConversionError(f"I/O error while converting into {output}: {err.strerror or err}{where}") from None
+
+
+def _cast_spec(spec: TensorSpec, dtype: torch.dtype | None) -> TensorSpec:
+    if dtype is None or not spec.dtype.is_floating_point:
+        return spec
+    return TensorSpec(spec.name, spec.shape, dtype)

@@ -3,11 +3,18 @@
 Expansion enumerates every binding of the placeholders (``layer`` over ``range(n_layers)``, ...), so the
 table says exactly which keys a checkpoint must hold. The ledger then demands that every source tensor is
 consumed by a rule or dropped with a reason, every rule matched, no rule half-matched (missing keys), and
-every target produced once. Violations are reported together, naming the keys.
+every target produced once. Violations are reported together, naming the keys, and end with the family and
+layout the table belongs to (``Layouts.pick``) and what to check next.
+
+Steps come in the order the table declares them, layer by layer: the rules declared before the first rule
+with a ``{layer}`` placeholder, once each; then, for each layer, that layer's rules in declared order, any
+further placeholder (``{expert}``) counting up inside its rule; then the rules declared after. A rule without
+``{layer}`` declared between two that have one is refused when the table is built.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,7 +26,7 @@ import torch
 from harness.errors import ConversionError
 from harness.mapping.rules import Dequantize, DequantizeSplit, Dims, Drop, Rule, RuleLike, Tie
 
-__all__ = ["FLOATING", "KeyMap", "LedgerError", "Step", "check_dtypes"]
+__all__ = ["FLOATING", "LAYER", "KeyMap", "Layouts", "LedgerError", "Step", "check_dtypes"]
 
 FLOATING = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # the weight dtypes a conversion reads
 # Sources that are legitimately not floating point, by rule kind and position: gemma_pytorch quant=True weights.
@@ -28,6 +35,7 @@ _INTEGER_SOURCES: dict[type[Rule], dict[int, tuple[torch.dtype, ...]]] = {
 }
 
 Range = str | Callable[[Dims], Iterable[int]]
+LAYER = "layer"  # the placeholder that numbers the blocks: steps are ordered block by block
 
 
 class LedgerError(ConversionError):
@@ -42,6 +50,7 @@ class Step:
     binding: tuple[tuple[str, int], ...]
     sources: tuple[str, ...]
     targets: tuple[str, ...]
+    hint: str = ""  # where the table comes from and what to check, ending its errors (Layouts.pick)
 
     def run(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         out = self.rule.forward(tensors, dims)
@@ -66,19 +75,25 @@ class KeyMap:
         self.drops = [r for r in rules if isinstance(r, Drop)]
         self.ties = [r for r in rules if isinstance(r, Tie)]
         self.ranges = dict(ranges or {})
+        self.layout, self.where, self.hint = "default", "", ""  # set by Layouts.pick
         unknown = set().union(*(r.placeholders for r in self.rules)) - set(self.ranges)
         if unknown:
             raise ValueError(f"placeholders {sorted(unknown)} have no range; add them to ranges=")
+        blocks = [i for i, r in enumerate(self.rules) if LAYER in r.placeholders]
+        first, last = (blocks[0], blocks[-1] + 1) if blocks else (len(self.rules), len(self.rules))
+        between = [r for r in self.rules[first:last] if LAYER not in r.placeholders]
+        if between:
+            raise ValueError(f"{between[0]!r} has no {{{LAYER}}} but is declared between rules that have one; "
+                             "declare it before the first such rule or after the last")
+        self._parts = (self.rules[:first], self.rules[first:last], self.rules[last:])
 
     def steps(self, dims: Dims) -> list[Step]:
-        """Every step of the table for a model of these dims, block by block."""
-        steps = [
-            Step(rule, tuple(sorted(binding.items())), tuple(p.format(binding) for p in rule.sources),
-                 tuple(rule.target_keys(binding, dims)))
-            for rule in self.rules for binding in self._bindings(rule, dims)
-        ]
-        # Order block-major (all of layer 0, then layer 1) so that a shard holds whole blocks.
-        return sorted(steps, key=lambda s: tuple(v for _, v in s.binding))
+        """Every step of the table for a model of these dims, in declared order, layer by layer (module doc)."""
+        before, block, after = self._parts
+        layers = self._span(LAYER, dims) if block else ()
+        return ([s for rule in before for s in self._steps(rule, dims, {})]
+                + [s for layer in layers for rule in block for s in self._steps(rule, dims, {LAYER: layer})]
+                + [s for rule in after for s in self._steps(rule, dims, {})])
 
     def plan(self, keys: Iterable[str], dims: Dims,
              expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -104,7 +119,7 @@ class KeyMap:
             problems["mis-shaped"] = [f"{k} is {tuple(shapes[k])}, expected {tuple(expected_shapes[k])}"
                                       for k in sorted(consumed)
                                       if k in expected_shapes and tuple(shapes[k]) != tuple(expected_shapes[k])]
-        _raise_if_any(problems)
+        _raise_if_any(problems, self.hint)
         return active
 
     def invert(self, tensors: Mapping[str, torch.Tensor], dims: Dims) -> dict[str, torch.Tensor]:
@@ -113,21 +128,70 @@ class KeyMap:
         for step in self.steps(dims):
             missing = [t for t in step.targets if t not in tensors]
             if missing:
-                raise LedgerError(f"cannot invert: missing target tensors {missing[:5]}")
+                raise LedgerError(f"cannot invert: missing target tensors {missing[:5]}{self.where}")
             for key, tensor in zip(step.sources, step.rule.inverse([tensors[t] for t in step.targets], dims),
                                    strict=True):
                 out[key] = tensor.contiguous()
         return out
 
-    def _bindings(self, rule: Rule, dims: Dims) -> Iterator[dict[str, int]]:
-        names = sorted(rule.placeholders)
-        spans = [self._span(n, dims) for n in names]
-        for values in itertools.product(*spans):
-            yield dict(zip(names, values, strict=True))
+    def _steps(self, rule: Rule, dims: Dims, fixed: dict[str, int]) -> Iterator[Step]:
+        """The rule's steps with ``fixed`` bound, its other placeholders counting up (the last fastest)."""
+        names = sorted(rule.placeholders - set(fixed))
+        for values in itertools.product(*(self._span(n, dims) for n in names)):
+            binding = {**fixed, **dict(zip(names, values, strict=True))}
+            yield Step(rule, tuple(sorted(binding.items())), tuple(p.format(binding) for p in rule.sources),
+                       tuple(rule.target_keys(binding, dims)), self.hint)
+
+    def _labelled(self, layout: str, where: str, advice: str) -> KeyMap:
+        labelled = copy.copy(self)
+        labelled.layout, labelled.where, labelled.hint = layout, where, where + advice
+        return labelled
 
     def _span(self, name: str, dims: Dims) -> Iterable[int]:
         spec = self.ranges[name]
         return range(dims[spec]) if isinstance(spec, str) else spec(dims)
+
+
+class Layouts(dict[str, KeyMap]):
+    """A family's key tables by layout name, one of them the ``default``; ``pick`` chooses one.
+
+    ``family`` is the folder name (``convparity describe FAMILY``), ``title`` how the family is written in prose.
+    A single table is the layout ``"default"``. The picked table's errors end with where it comes from:
+
+    >>> from harness.mapping.rules import Rename
+    >>> keys = Layouts("demo", {"plain": KeyMap([Rename("w", "m.w")]), "fused": KeyMap([Rename("wf", "m.w")])},
+    ...                default="plain", title="Demo")
+    >>> keys.pick("default").plan(["v"], {})
+    Traceback (most recent call last):
+    harness.mapping.keymap.LedgerError: key ledger: unused rules: Rename(w -> m.w); unmatched in source: v \
+(demo, layout 'plain'): is SOURCE a Demo checkpoint in this layout? `convparity describe demo` lists the keys each \
+layout expects.
+    >>> keys.pick("split")
+    Traceback (most recent call last):
+    harness.errors.ConversionError: demo has no key layout 'split'; known layouts: plain (the default), fused
+    """
+
+    def __init__(self, family: str, tables: KeyMap | Mapping[str, KeyMap], *, default: str = "default",
+                 title: str = "") -> None:
+        super().__init__({"default": tables} if isinstance(tables, KeyMap) else tables)
+        if default not in self:
+            raise ValueError(f"{family}: the default layout {default!r} is not one of {sorted(self)}")
+        self.family, self.default, self.title = family, default, title or family
+
+    def pick(self, layout: str) -> KeyMap:
+        """The table of ``layout`` (``"default"``: the default one), its errors labelled with family and layout;
+        its ``layout`` attribute names the layout picked."""
+        name = self.default if layout == "default" else layout
+        if name not in self:
+            known = ", ".join(f"{k} (the default)" if k == self.default else k for k in self)
+            raise ConversionError(f"{self.family} has no key layout {layout!r}; known layouts: {known}")
+        a = _article(self.title)
+        if len(self) == 1:
+            return self[name]._labelled(name, f" ({self.family})", f": is SOURCE {a} {self.title} checkpoint? "
+                                        f"`convparity describe {self.family}` lists the keys it expects.")
+        return self[name]._labelled(name, f" ({self.family}, layout {name!r})",
+                                    f": is SOURCE {a} {self.title} checkpoint in this layout? `convparity describe "
+                                    f"{self.family}` lists the keys each layout expects.")
 
 
 def check_dtypes(steps: Iterable[Step], meta: Callable[[str], tuple[tuple[int, ...], torch.dtype]],
@@ -141,8 +205,9 @@ def check_dtypes(steps: Iterable[Step], meta: Callable[[str], tuple[tuple[int, .
     Traceback (most recent call last):
     harness.errors.ConversionError: tensor dtypes: w is int64, expected float32, bfloat16, float16 or float64
     """
-    bad = []
+    bad, hint = [], ""
     for step in steps:
+        hint = hint or step.hint
         for i, key in enumerate(step.sources):
             expected = _INTEGER_SOURCES.get(type(step.rule), {}).get(i, FLOATING)
             dtype = meta(key)[1]
@@ -151,7 +216,12 @@ def check_dtypes(steps: Iterable[Step], meta: Callable[[str], tuple[tuple[int, .
                 bad.append(f"{key}{where} is {_names((dtype,))}, expected {_names(expected)}")
     if bad:
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise ConversionError(f"tensor dtypes: {'; '.join(bad[:3])}{more}")
+        raise ConversionError(f"tensor dtypes: {'; '.join(bad[:3])}{more}{hint}")
+
+
+def _article(title: str) -> str:
+    """'an' before a vowel sound: Our, RWKV (an acronym read letter by letter); 'a' otherwise."""
+    return "an" if title[0] in "AEIOU" or (title[:2].isupper() and title[0] in "FHLMNRSX") else "a"
 
 
 def _names(dtypes: tuple[torch.dtype, ...]) -> str:
@@ -159,7 +229,7 @@ def _names(dtypes: tuple[torch.dtype, ...]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
-def _raise_if_any(problems: dict[str, list[str]]) -> None:
+def _raise_if_any(problems: dict[str, list[str]], hint: str) -> None:
     parts = []
     for heading, keys in problems.items():
         if keys:
@@ -167,4 +237,4 @@ def _raise_if_any(problems: dict[str, list[str]]) -> None:
             shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
             parts.append(f"{heading}: {shown}")
     if parts:
-        raise LedgerError("key ledger: " + "; ".join(parts))
+        raise LedgerError("key ledger: " + "; ".join(parts) + hint)

@@ -17,15 +17,15 @@ from typing import Any
 
 import torch
 
-from harness.mutation.catalogue import Mutable
+from harness.mapping.family import Family
 from harness.mutation.diagnosis import diagnose
+from harness.mutation.planting import Mutable
 from harness.mutation.runner import CaseRun, cases_for, evaluate, mutants_for, plant, prepare, write_mutable
 from harness.parity.parity import load_converted
 from harness.parity.points import points_for, record, sites
 from harness.parity.report import write_document
 from harness.parity.streamed_model import StreamedModel
 from harness.parity.teacher import feeds
-from harness.registry import Family
 from harness.terminal import bar
 
 __all__ = ["TARGETS", "Trial", "accuracy_table", "meets_targets", "run_accuracy", "run_diagnose", "touched"]
@@ -153,7 +153,7 @@ def _feeds(family: Family, run: CaseRun, workdir: Path) -> dict[str, tuple[str, 
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         write_mutable(run.clean, Path(d) / "hf", torch.float32)
         model = load_converted(Path(d) / "hf", "cpu", "float32", family)
-        renamed = StreamedModel(Path(d) / "hf", loading=getattr(family, "loading", None)).renamed
+        renamed = StreamedModel(Path(d) / "hf", loading=family.loading).renamed
     where = sites(points_for(family), record(family, run.source, run.tokens))
     out = {}
     for s in where:

@@ -1,112 +1,30 @@
 """The generic mutation catalogue: planted converter bugs, each a named, documented function.
 
-A mutant receives a :class:`Mutable` (a clean conversion opened up: the transformers config, the ordered
-``name -> tensor`` stream, and the key-table steps that produced it) and edits it in place, as a buggy
-converter would have produced it. Where the key table already says what a tensor is (a ``Rotary`` rule, a
-``Split`` of a fused projection, a ``CutVocab``), the mutant is derived from the rule: it re-runs that rule's
+Where the key table already says what a tensor is (a ``Rotary`` rule, a ``Split`` of a fused projection, a
+``CutVocab``, the ``{layer}`` a step is bound to), the mutant is derived from the table: it re-runs that rule's
 steps with the bug planted. Otherwise it acts on transformers' parameter names and config fields, which are
 the same for every family. A mutant that finds nothing to act on leaves the conversion unchanged; the runner
-(``harness.mutation.runner``) reports that case as not applicable.
-
-Family-specific bugs (those of the transformers scripts this project replaces) live beside each family in
-``converters/<family>/mutants.py`` and use the same helpers.
+(``harness.mutation.runner``) reports that case as not applicable. Family-specific bugs (those of the
+transformers scripts this project replaces) live beside each family in ``converters/<family>/mutants.py``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from harness.mapping import transforms
-from harness.mapping.conversion import Converted
 from harness.mapping.keymap import Step
-from harness.mapping.rules import CutVocab, GroupQKV, Rotary, Rule, Split
+from harness.mapping.rules import CutVocab, GroupQKV, Rotary, Split
+from harness.mutation.planting import Catalogue, Mutable, config_items, rerun, set_config, swap_blocks, swap_names
 
-__all__ = [
-    "MUTANTS", "Mutable", "Mutant", "config_items", "rerun", "set_config", "swap_blocks", "swap_names",
-]
+__all__ = ["GENERIC"]
 
-
-@dataclass
-class Mutable:
-    """One conversion as a planted bug sees it; ``source_config`` is the upstream config as read."""
-
-    config: dict[str, Any]
-    tensors: dict[str, torch.Tensor]
-    converted: Converted
-    source_config: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, converted: Converted, source_config: dict[str, Any]) -> Mutable:
-        """The clean conversion, materialised (tiny models only)."""
-        import copy
-
-        return cls(copy.deepcopy(converted.config), dict(converted.tensors()), converted, dict(source_config))
-
-    def copy(self) -> Mutable:
-        import copy
-
-        return Mutable(copy.deepcopy(self.config), dict(self.tensors), self.converted, self.source_config)
-
-    def same_as(self, other: Mutable) -> bool:
-        """Config and every tensor identical (bit for bit): the mutant changed nothing here."""
-        return (self.config == other.config and self.tensors.keys() == other.tensors.keys()
-                and all(_identical(t, other.tensors[k]) for k, t in self.tensors.items()))
+GENERIC = Catalogue()  # in the order the functions below are defined
 
 
-Mutant = Callable[[Mutable], None]
-
-
-# ---- helpers (shared with converters/<family>/mutants.py) -------------------------------------------------
-
-def rerun(m: Mutable, kind: type[Rule], fn: Callable[[Step, list[torch.Tensor]], list[torch.Tensor] | None]
-          ) -> None:
-    """Re-run every step of rule ``kind`` with ``fn(step, source tensors) -> outputs`` (None keeps the step)."""
-    for step in m.converted.steps:
-        if isinstance(step.rule, kind):
-            out = fn(step, [m.converted.source[k] for k in step.sources])
-            if out is not None:
-                m.tensors.update(zip(step.targets, out, strict=True))
-
-
-def swap_names(m: Mutable, a: str, b: str) -> None:
-    """Swap the tensors of every pair of names that differ only by ``a`` <-> ``b`` (same shape only)."""
-    for name in list(m.tensors):
-        other = name.replace(a, b)
-        if a in name and other != name and other in m.tensors and m.tensors[name].shape == m.tensors[other].shape:
-            m.tensors[name], m.tensors[other] = m.tensors[other], m.tensors[name]
-
-
-def swap_blocks(w: torch.Tensor, size: int, i: int, j: int, dim: int = 0) -> torch.Tensor:
-    """``w`` with its ``size``-long blocks i and j along ``dim`` exchanged."""
-    w = w.clone()
-    bi, bj = w.narrow(dim, i * size, size).clone(), w.narrow(dim, j * size, size).clone()
-    w.narrow(dim, i * size, size).copy_(bj)
-    w.narrow(dim, j * size, size).copy_(bi)
-    return w
-
-
-def config_items(config: dict[str, Any], pred: Callable[[str], bool]) -> Iterator[tuple[dict[str, Any], str]]:
-    """(containing dict, key) for every key, at any depth, for which ``pred(key)`` holds."""
-    for key, value in list(config.items()):
-        if pred(key):
-            yield config, key
-        if isinstance(value, dict):
-            yield from config_items(value, pred)
-
-
-def set_config(m: Mutable, pred: Callable[[str], bool], fn: Callable[[Any], Any]) -> None:
-    """Replace every config value whose key satisfies ``pred`` by ``fn(value)``."""
-    for node, key in config_items(m.config, pred):
-        node[key] = fn(node[key])
-
-
-# ---- the catalogue ---------------------------------------------------------------------------------------
-
+@GENERIC.add
 def transpose_square_weight(m: Mutable) -> None:
     """A square matrix written transposed ([in, out] where [out, in] belongs): shape checks cannot see it."""
     for name, t in m.tensors.items():
@@ -115,31 +33,39 @@ def transpose_square_weight(m: Mutable) -> None:
             return
 
 
+@GENERIC.add
 def swap_layers(m: Mutable) -> None:
     """Blocks 0 and 1 exchanged (a layer index off by one, or keys sorted as strings)."""
-    pattern = re.compile(r"(?<=\.)0(?=\.)")
-    for name in [n for n in m.tensors if _layer(n) == 0]:
-        other = pattern.sub("1", name, count=1)
-        if other in m.tensors and m.tensors[other].shape == m.tensors[name].shape:
-            m.tensors[name], m.tensors[other] = m.tensors[other], m.tensors[name]
+    by_binding = {(step.rule, step.binding): step for step in m.converted.steps}
+    for step in m.converted.steps:
+        if dict(step.binding).get("layer") != 0:
+            continue
+        other = by_binding.get((step.rule, tuple((k, 1 if k == "layer" else v) for k, v in step.binding)))
+        for a, b in zip(step.targets, other.targets if other else (), strict=True):
+            if a in m.tensors and b in m.tensors and m.tensors[a].shape == m.tensors[b].shape:
+                m.tensors[a], m.tensors[b] = m.tensors[b], m.tensors[a]
 
 
+@GENERIC.add
 def swap_q_and_k(m: Mutable) -> None:
     """Query and key projections exchanged (separate q/k weights of equal shape, or the blocks of a fused c_attn)."""
     swap_names(m, "q_proj", "k_proj")
     _swap_fused_qkv_blocks(m, 0, 1)
 
 
+@GENERIC.add
 def drop_rotary_permutation(m: Mutable) -> None:
     """q/k rows copied as stored, without the interleaved -> rotate-half permutation (Llama/Mistral scripts)."""
     rerun(m, Rotary, lambda step, src: src)
 
 
+@GENERIC.add
 def double_rotary_permutation(m: Mutable) -> None:
     """The rotary permutation applied twice (once by a helper, once again by the converter)."""
     rerun(m, Rotary, lambda step, src: step.rule.forward(step.rule.forward(src, m.converted.dims), m.converted.dims))
 
 
+@GENERIC.add
 def rotary_convention_reversed(m: Mutable) -> None:
     """Interleaved-vs-half rotary convention taken the wrong way round.
 
@@ -157,24 +83,28 @@ def rotary_convention_reversed(m: Mutable) -> None:
                 m.tensors[name] = transforms.permute_rotary(t, n, hd)
 
 
+@GENERIC.add
 def split_order_kv_swapped(m: Mutable) -> None:
     """A fused projection split as [q | v | k] instead of [q | k | v]."""
     rerun(m, Split, lambda step, src: _swap_last_two(step.rule.forward(src, m.converted.dims)))
     _swap_fused_qkv_blocks(m, 1, 2)
 
 
+@GENERIC.add
 def zero_bias(m: Mutable) -> None:
     """The biases of one rule written as zeros (a converter that initialised instead of copying them)."""
     for name in _first_bias_rule_targets(m):
         m.tensors[name] = torch.zeros_like(m.tensors[name])
 
 
+@GENERIC.add
 def drop_bias(m: Mutable) -> None:
     """The biases of one rule left out of the output (``from_pretrained`` would initialise them)."""
     for name in _first_bias_rule_targets(m):
         del m.tensors[name]
 
 
+@GENERIC.add
 def tie_untied_head(m: Mutable) -> None:
     """An untied LM head declared tied and not written: transformers reuses the input embedding instead."""
     if m.config.get("tie_word_embeddings") is False:
@@ -183,17 +113,20 @@ def tie_untied_head(m: Mutable) -> None:
             del m.tensors[name]
 
 
+@GENERIC.add
 def untie_tied_head(m: Mutable) -> None:
     """A tied LM head declared untied: nothing is written for it, so transformers would initialise it randomly."""
     if m.config.get("tie_word_embeddings") is True:
         m.config["tie_word_embeddings"] = False
 
 
+@GENERIC.add
 def keep_padded_vocab_rows(m: Mutable) -> None:
     """Padded embedding rows copied instead of cut to the real vocabulary (the config keeps the real size)."""
     rerun(m, CutVocab, lambda step, src: None if src[0].shape[0] == m.converted.dims[step.rule.rows] else src)
 
 
+@GENERIC.add
 def cut_vocab_rows(m: Mutable) -> None:
     """The vocabulary cut to a round number below its real size (a hard-coded vocab_size), config to match."""
     V = int(m.config.get("vocab_size", 0))
@@ -206,16 +139,19 @@ def cut_vocab_rows(m: Mutable) -> None:
             m.tensors[name] = t[:cut]
 
 
+@GENERIC.add
 def wrong_gelu(m: Mutable) -> None:
     """Exact (erf) GELU where upstream uses the tanh approximation, or the reverse (~1e-3 on the logits)."""
     set_config(m, lambda k: k in _ACTIVATION_KEYS, lambda v: _OTHER_GELU.get(v, v))
 
 
+@GENERIC.add
 def wrong_norm_eps(m: Mutable) -> None:
     """A hard-coded norm epsilon (1e-6 <-> 1e-5 mix-up, 1e-5 for anything else) instead of the configured one."""
     set_config(m, lambda k: k in _EPS_KEYS, lambda v: 1e-5 if v != 1e-5 else 1e-6)
 
 
+@GENERIC.add
 def norm_unit_offset(m: Mutable) -> None:
     """Norm weights stored as (1 + w) where the target already adds the 1, or expects the plain w (gemma fact 8)."""
     for name, t in list(m.tensors.items()):
@@ -223,22 +159,26 @@ def norm_unit_offset(m: Mutable) -> None:
             m.tensors[name] = transforms.add_unit_offset(t)
 
 
+@GENERIC.add
 def wrong_rope_theta(m: Mutable) -> None:
     """Rotary base 1e4 where 1e6 belongs, or the reverse (a default from another model's script)."""
     set_config(m, lambda k: k == "rope_theta", lambda v: 1e6 if v != 1e6 else 1e4)
 
 
+@GENERIC.add
 def swap_experts(m: Mutable) -> None:
     """Experts 0 and 1 exchanged in every layer, while the router still scores them in the stored order."""
     swap_names(m, ".experts.0.", ".experts.1.")
 
 
+@GENERIC.add
 def swap_gate_up(m: Mutable) -> None:
     """Gate and up projections of a gated MLP exchanged (w1 <-> w3, gate_proj <-> up_proj)."""
     for a, b in _GATE_UP:
         swap_names(m, a, b)
 
 
+@GENERIC.add
 def swap_attention_heads(m: Mutable) -> None:
     """Query heads 0 and 1 exchanged (a head-major/row-major mix-up inside a projection)."""
     dims = m.converted.dims
@@ -253,8 +193,10 @@ def swap_attention_heads(m: Mutable) -> None:
         dim = 1 if step.rule.transpose and w.dim() == 2 else 0
         return [swap_blocks(w, hd, 0, 1, dim)] if dims[step.rule.heads] >= 2 else None
 
+    query = _query_rotary(m.converted.steps, dims)
+
     def rotary(step: Step, src: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        if step.rule.heads != "n_heads" or dims[step.rule.heads] < 2:
+        if step.rule is not query or dims[step.rule.heads] < 2:
             return None
         return [swap_blocks(step.rule.forward(src, dims)[0], dims[step.rule.head_dim], 0, 1)]
 
@@ -263,34 +205,18 @@ def swap_attention_heads(m: Mutable) -> None:
     rerun(m, Rotary, rotary)
 
 
-MUTANTS: list[Mutant] = [
-    transpose_square_weight, swap_layers, swap_q_and_k, drop_rotary_permutation, double_rotary_permutation,
-    rotary_convention_reversed, split_order_kv_swapped, zero_bias, drop_bias, tie_untied_head, untie_tied_head,
-    keep_padded_vocab_rows, cut_vocab_rows, wrong_gelu, wrong_norm_eps, norm_unit_offset, wrong_rope_theta,
-    swap_experts, swap_gate_up, swap_attention_heads,
-]
-
 # transformers' config and parameter names, the same across model types.
 _ACTIVATION_KEYS = ("hidden_act", "activation_function")
 _OTHER_GELU = {"gelu": "gelu_pytorch_tanh", "gelu_python": "gelu_pytorch_tanh", "gelu_new": "gelu_python",
                "gelu_pytorch_tanh": "gelu_python", "gelu_fast": "gelu_python"}
 _EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
 _GATE_UP = ((".w1.", ".w3."), ("gate_proj", "up_proj"))
-_LAYER = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
-
-
-def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a is b or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b))
 
 
 def _is_norm(name: str) -> bool:
     module = name.rsplit(".", 2)[-2]
     return "norm" in module or module.startswith("ln") or module.endswith("_ln")
 
-
-def _layer(name: str) -> int | None:
-    found = _LAYER.search(name)
-    return int(found.group(1)) if found else None
 
 
 def _swap_last_two(xs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -327,3 +253,10 @@ def _swap_fused_qkv_blocks(m: Mutable, i: int, j: int) -> None:
         return [swap_blocks(w, w.shape[dim] // 3, i, j, dim)]
 
     rerun(m, GroupQKV, fused)
+
+
+def _query_rotary(steps: list[Step], dims: dict[str, int]) -> Rotary | None:
+    """The rotary rule of the query projection: the one declared with the most heads (GQA gives k fewer; with
+    as many, the first declared, as tables list q before k)."""
+    rules = list(dict.fromkeys(s.rule for s in steps if isinstance(s.rule, Rotary)))
+    return max(rules, key=lambda r: dims[r.heads], default=None)

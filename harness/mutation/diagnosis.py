@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
-from harness.mutation.runner import CaseRun, about, mutants_for, plant, write_mutable
+from harness.mapping.family import Family
+from harness.mutation.planting import about
+from harness.mutation.runner import CaseRun, mutants_for, plant, write_mutable
 from harness.parity.observe import BOUND, Finding, observe
 from harness.parity.points import Recording, Site, points_for, record, sites
 from harness.parity.signature import Signature, similarity
-from harness.registry import Family
 
 __all__ = ["SAME", "Diagnosis", "Match", "catalogue", "diagnose", "rank"]
 

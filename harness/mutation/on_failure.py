@@ -11,11 +11,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.mapping.family import Family
 from harness.mutation.diagnosis import diagnose
 from harness.mutation.runner import cases_for, prepare
 from harness.parity.check import RoundTrip
 from harness.parity.parity import ParityResult
-from harness.registry import Family
 
 __all__ = ["AGREE", "Diagnoser", "diagnose_case"]
 

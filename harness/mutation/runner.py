@@ -1,6 +1,6 @@
 """``convparity mutate``: plant every bug of the catalogue in a family's conversion and show parity catches it.
 
-Per family and case (the family's ``CASES`` plus the mutation-only ``CASES`` of ``converters/<family>/mutants.py``):
+Per family and case (the family's cases plus its mutation-only cases (``converters/<family>/mutants.py``)):
 the tiny source is written in its upstream layout, read back and converted, as ``convparity check`` does. Each
 mutant then edits the clean conversion's config and tensor stream (never a file of the converter); the result
 is written with the streaming writer, loaded with ``from_pretrained`` and held to the same parity check. A
@@ -18,42 +18,34 @@ values the written checkpoint holds.
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import math
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.io.tensor_store import TensorStore
+from harness.io.tensor_store import TensorSpec, TensorStore
 from harness.io.writer import write_model_dir
-from harness.mapping.conversion import SourceCheckpoint, TensorSpec
-from harness.mutation.catalogue import MUTANTS, Mutable, Mutant
+from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.family import Case, Family, MutationCase
+from harness.mutation.catalogue import GENERIC
+from harness.mutation.planting import Mutable, Mutant, about
 from harness.parity.html_report import mutate_page, write_html
 from harness.parity.metrics import DTYPES
 from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.parity.report import write_document
-from harness.registry import Case, Family
 from harness.terminal import bar
 
-__all__ = ["BATCH", "SEQ", "CaseRun", "MutationCase", "Record", "about", "cases_for", "evaluate", "mutants_for",
-           "plant", "prepare", "run_family", "run_mutate", "summary", "write_mutable"]
+__all__ = ["BATCH", "SEQ", "CaseRun", "Record", "cases_for", "evaluate", "mutants_for", "plant", "prepare",
+           "run_family", "run_mutate", "summary", "write_mutable"]
 
 BATCH, SEQ = 2, 32  # long enough that rotary-frequency and position errors reach the logits
-
-
-@dataclass(frozen=True)
-class MutationCase(Case):
-    """A mutation-only case: a ``Case`` whose tiny source has some tensors scaled (``scale``: glob -> factor),
-    for bugs that only show on realistic magnitudes (a norm epsilon next to small activations)."""
-
-    scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,13 +85,13 @@ class Record:
 
 
 def mutants_for(family: Family) -> list[Mutant]:
-    """The generic catalogue plus the family's own ``converters/<family>/mutants.py`` ``MUTANTS``."""
-    return MUTANTS + list(getattr(_family_mutants(family), "MUTANTS", []))
+    """The generic catalogue plus the family's own mutants (``converters/<family>/mutants.py``)."""
+    return [*GENERIC, *family.mutants]
 
 
 def cases_for(family: Family) -> dict[str, Case]:
-    """The family's ``CASES`` plus its mutation-only ``CASES`` (configs where a planted bug matters)."""
-    return {**family.CASES, **getattr(_family_mutants(family), "CASES", {})}
+    """The family's cases plus its mutation-only cases (configs where a planted bug matters)."""
+    return family.all_cases()
 
 
 def prepare(family: Family, name: str, case: Case, workdir: Path, seed: int = 0) -> CaseRun:
@@ -254,11 +246,6 @@ def write_mutable(m: Mutable, out: Path, dtype: torch.dtype) -> None:
     write_model_dir(out, {**m.config, "dtype": str(dtype)[6:]}, specs, tensors.items(), 2**62)
 
 
-def about(mutant: Mutant) -> str:
-    """The first sentence of a mutant's docstring."""
-    return " ".join((mutant.__doc__ or "").split(".")[0].split())
-
-
 def _row(family: str, mutant: str, cells: list[str]) -> str:
     return f"{family:<9} {mutant:<32} " + " ".join(f"{c:<40}" for c in cells).rstrip()
 
@@ -288,14 +275,6 @@ def _round(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [""])[0][:200]
 
-
-def _family_mutants(family: Family) -> Any:
-    try:
-        return importlib.import_module(f"{family.module.__name__}.mutants")
-    except ModuleNotFoundError as err:
-        if err.name != f"{family.module.__name__}.mutants":
-            raise
-        return None
 
 
 @contextmanager

@@ -15,10 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.conversion import SourceCheckpoint, write_converted
+from harness.mapping.family import Case, Family
 from harness.parity.parity import ParityResult, cuda_skip_reason, load_converted, make_tokens, run_parity
-from harness.registry import Case, Family
-from harness.runner import write_converted
 
 __all__ = ["DEFAULT_DTYPES", "RoundTrip", "check_family", "hash_files", "round_trip"]
 
@@ -55,10 +54,10 @@ def check_family(family: Family, devices: Iterable[str], dtypes: Iterable[str],
     ``on_round_trip`` sees each converted case while its files still exist (the gate snapshots it there).
     """
     results = []
-    names = list(cases) if cases is not None else list(family.CASES)
+    names = list(cases) if cases is not None else list(family.cases)
     with _workdir() as workdir:
         for name in names:
-            rt = round_trip(family, name, family.CASES[name], workdir)
+            rt = round_trip(family, name, family.cases[name], workdir)
             if on_round_trip is not None:
                 on_round_trip(rt)
             tokens = make_tokens(rt.vocab_size)

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 
 from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.family import Family
 from harness.parity.observe import first_finding
 from harness.parity.points import points_for, record, sites
 from harness.parity.streamed_model import StreamedModel
 from harness.parity.teacher import teacher_force
-from harness.registry import Family
 
 __all__ = ["NO_CATALOGUE", "localise_streamed"]
 

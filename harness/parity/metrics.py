@@ -6,9 +6,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from harness.io.tensor_store import DTYPES
+
 __all__ = ["DTYPES", "TOLERANCES", "Metrics", "Tolerance", "compare_logits", "tolerance_for"]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)

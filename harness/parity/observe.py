@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
+from harness.mapping.family import Family
 from harness.parity.parity import load_converted
 from harness.parity.points import Recording, Site
 from harness.parity.signature import Mark, Signature, from_load, from_readings, owner
 from harness.parity.teacher import Reading, feeds, teacher_force
-from harness.registry import Family
 
 __all__ = ["BOUND", "Finding", "Observation", "first_finding", "observe"]
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.family import Family
 from harness.parity.metrics import DTYPES, Metrics, Tolerance, compare_logits, tolerance_for
-from harness.registry import Family
 
 __all__ = ["ParityResult", "UpcastTensors", "cuda_skip_reason", "devices", "load_converted", "make_tokens",
            "run_parity"]
@@ -125,7 +125,7 @@ def load_converted(model_dir: Path, device: str, dtype: str, family: Family | No
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    hook = getattr(family, "loading", None) if family is not None else None
+    hook = family.loading if family is not None else None
     context = hook(json.loads((model_dir / "config.json").read_text())) if hook else nullcontext()
     with context:
         model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], output_loading_info=True,
@@ -171,7 +171,7 @@ def run_parity(family: Family, case: str, source: SourceCheckpoint, model: Any, 
 def _reference(family: Family, source: SourceCheckpoint, tokens: torch.Tensor, device: str,
                dtype: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
     tensors = UpcastTensors(source.tensors, device, DTYPES[dtype])
-    return family.forward(tensors, source.config, tokens, hidden_states=True)
+    return family.reference(tensors, source.config, tokens, hidden_states=True)
 
 
 def _cast(t: torch.Tensor, device: str, dtype: torch.dtype) -> torch.Tensor:

@@ -9,42 +9,18 @@ each sub-module of the converted model the reference's own input at its point (`
 
 from __future__ import annotations
 
-import importlib
-import re
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from harness.mapping.conversion import SourceCheckpoint
+from harness.mapping.family import Family
+from harness.mapping.points import Point
 from harness.parity.parity import UpcastTensors
-from harness.registry import Family
 
 __all__ = ["Point", "Recording", "Site", "points_for", "record", "sites"]
 
 Recording = dict[str, tuple[torch.Tensor, torch.Tensor]]  # point name -> (input, output), in forward order
-
-
-@dataclass(frozen=True)
-class Point:
-    """A reference point (``ref``, with ``{layer}``) and the transformers module computing it (``module``).
-
-    >>> Point("layers.{layer}.attention", "model.layers.{layer}.self_attn", config=("rope_theta",)).about
-    'attention'
-    """
-
-    ref: str
-    module: str
-    config: tuple[str, ...] = ()  # transformers config fields (at any depth) whose value this sub-module uses
-    about: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.about:
-            object.__setattr__(self, "about", self.ref.rsplit("}.", 1)[-1].replace("_", " "))
-
-    def match(self, name: str) -> dict[str, str] | None:
-        found = re.fullmatch(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>\\d+)", re.escape(self.ref)), name)
-        return found.groupdict() if found else None
 
 
 @dataclass(frozen=True)
@@ -59,14 +35,8 @@ class Site:
 
 
 def points_for(family: Family) -> list[Point]:
-    """The family's ``converters/<family>/points.py`` ``POINTS`` (empty where it declares none)."""
-    try:
-        module: Any = importlib.import_module(f"{family.module.__name__}.points")
-    except ModuleNotFoundError as err:
-        if err.name != f"{family.module.__name__}.points":
-            raise
-        return []
-    return list(module.POINTS)
+    """The family's declared points (``FAMILY.points``, from ``converters/<family>/points.py``)."""
+    return list(family.points)
 
 
 def record(family: Family, source: SourceCheckpoint, tokens: torch.Tensor) -> Recording:
@@ -78,7 +48,7 @@ def record(family: Family, source: SourceCheckpoint, tokens: torch.Tensor) -> Re
             seen.setdefault(name, (inp.detach(), out.detach().float()))
 
     with torch.no_grad():
-        family.forward(UpcastTensors(source.tensors, "cpu", torch.float32), source.config, tokens, probe=probe)
+        family.reference(UpcastTensors(source.tensors, "cpu", torch.float32), source.config, tokens, probe=probe)
     return seen
 
 

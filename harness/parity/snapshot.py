@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from harness.mapping.family import Family
 from harness.parity.check import RoundTrip
 from harness.parity.metrics import tolerance_for
 from harness.parity.parity import load_converted, make_tokens
-from harness.registry import Family
 
 __all__ = ["LOGITS_SAMPLE", "case_snapshot", "check_snapshot", "diff_snapshots", "dumps", "take_snapshot"]
 

@@ -26,13 +26,13 @@ from typing import Any
 import torch
 
 from harness.errors import ConversionError
+from harness.mapping.family import Family
 from harness.parity.localise import localise_streamed
 from harness.parity.metrics import DTYPES, compare_logits
 from harness.parity.observe import BOUND
 from harness.parity.parity import UpcastTensors, cuda_skip_reason, make_tokens
 from harness.parity.precision import float64_compute
 from harness.parity.streamed_model import StreamedModel
-from harness.registry import Family
 from harness.terminal import module_progress
 
 __all__ = ["BOUNDS", "Bound", "Comparison", "VerifyResult", "format_result", "read_input_ids", "tokenize", "verify",
@@ -142,8 +142,7 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     if not source.exists():
         raise ConversionError(f"source {source} does not exist")
     checkpoint = family.read(source, config=config, **options)
-    model = StreamedModel(converted, device=device, dtype=DTYPES[compute_dtype], loading=getattr(family, "loading",
-                                                                                                 None))
+    model = StreamedModel(converted, device=device, dtype=DTYPES[compute_dtype], loading=family.loading)
     vocab = int(model.model.config.vocab_size)
     if tokens is None:
         tokens, inputs = make_tokens(vocab, batch, seq_len, seed), f"random token ids (seed {seed}, below {vocab})"
@@ -156,11 +155,11 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     prefix = tokens[:1, : min(bound.prefix, lengths[0])] if bound.prefix else tokens
     with torch.no_grad():
         say(f"reference in {compute_dtype} on {tokens.shape[0]} x {tokens.shape[1]} tokens")
-        ref = family.forward(UpcastTensors(checkpoint.tensors, device, DTYPES[compute_dtype], cache),
+        ref = family.reference(UpcastTensors(checkpoint.tensors, device, DTYPES[compute_dtype], cache),
                              checkpoint.config, tokens, hidden_states=True)
         say(f"reference in {bound.noise_dtype} on {prefix.shape[0]} x {prefix.shape[1]} tokens (noise floor)")
         with float64_compute() if bound.noise_dtype == "float64" else nullcontext():  # upcasts stay float64
-            exact = family.forward(UpcastTensors(checkpoint.tensors, device, _dtype(bound.noise_dtype), cache),
+            exact = family.reference(UpcastTensors(checkpoint.tensors, device, _dtype(bound.noise_dtype), cache),
                                    checkpoint.config, prefix, hidden_states=True)
         say(f"{converted} in {compute_dtype}, one unit at a time")
         units = [model.model.get_submodule(u.path) for u in model.units]
