@@ -161,6 +161,10 @@ def _parser(chosen: str | None = None) -> argparse.ArgumentParser:
     mutate.add_argument("--json", type=Path, metavar="FILE", help="write one record per mutant as JSON")
     mutate.add_argument("--html", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
     mutate.add_argument("--quiet", action="store_true", help="no progress bar")
+    mutate.add_argument("--diagnose", action="store_true",
+                        help="measure diagnosis instead: each mutant in turn is the unknown bug on each case; count "
+                             "how often the named sub-module is one it touched and its class is ranked first / in "
+                             "the top three (exit 1 below 100%% / 90%% / 100%%)")
     mutate.set_defaults(run=commands.mutate)
 
     verify = sub.add_parser("verify", help="prove a real conversion: its logits against the original forward pass",

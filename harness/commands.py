@@ -86,6 +86,7 @@ def _resolve_source(args: argparse.Namespace, fam: Family) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
+    from harness.mutation.on_failure import Diagnoser
     from harness.parity.check import check_family
     from harness.parity.html_report import check_page, write_html
     from harness.parity.report import write_json, write_markdown
@@ -97,7 +98,8 @@ def check(args: argparse.Namespace) -> int:
     print(_ROW.format("family", "case", "device", "dtype", "max_abs", "cosine", "top1", "kl", "status"))
     results: list[ParityResult] = []
     for fam in chosen:
-        results += check_family(fam, devs, dtypes, on_result=lambda r: print(_row(r), flush=True))
+        d = Diagnoser(fam, on_result=lambda r: print(_row(r), flush=True))
+        results += check_family(fam, devs, dtypes, on_round_trip=d.round_trip, on_result=d.result)
     failed = [r for r in results if r.status == "FAIL"]
     ran = [r for r in results if not r.skipped]
     print(f"\n{len(ran) - len(failed)} passed, {len(failed)} failed, {len(results) - len(ran)} skipped "
@@ -107,6 +109,8 @@ def check(args: argparse.Namespace) -> int:
     for r in failed:
         where = f"; first divergent hidden state {r.first_divergent_layer}" if r.first_divergent_layer else ""
         print(f"FAIL {r.family}-{r.case}-{r.device}-{r.dtype}: {'; '.join(r.violations)}{where}")
+        if r.diagnosis:
+            print(f"  diagnosis: {r.diagnosis}")
     if args.json:
         write_json(results, args.json)
     if args.report:
@@ -125,9 +129,12 @@ def gate(args: argparse.Namespace) -> int:
 
 
 def mutate(args: argparse.Namespace) -> int:
+    from harness.mutation.accuracy import run_diagnose
     from harness.mutation.runner import run_mutate
 
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
+    if args.diagnose:
+        return run_diagnose(chosen, json_path=args.json, quiet=args.quiet)
     return run_mutate(chosen, _choices(args.dtypes, DTYPES, "dtype"), json_path=args.json, html=args.html,
                       quiet=args.quiet)
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import ConversionError
+from harness.mutation.on_failure import Diagnoser
 from harness.parity.check import RoundTrip, check_family
 from harness.parity.html_report import check_page, write_html
 from harness.parity.parity import ParityResult
@@ -84,7 +85,8 @@ def run_gate(base: str, families: dict[str, Family], devices: list[str], dtypes:
                 golden = repo / "golden" / fam.name / f"{rt.case}.json"
                 snapshots[fam.name, rt.case] = check_snapshot(case_snapshot(fam, rt), golden)
 
-            results += check_family(fam, devices, dtypes, on_round_trip=snap, on_result=tick)
+            d = Diagnoser(fam, on_round_trip=snap, on_result=tick)
+            results += check_family(fam, devices, dtypes, on_round_trip=d.round_trip, on_result=d.result)
     failed = [r for r in results if r.status == "FAIL"] + [k for k, v in snapshots.items() if v]
     lines = [f"- base: `{base}`; families: {', '.join(f'{f} ({w})' for f, w in scope.items()) or 'none'}",
              f"- golden snapshots: {len(snapshots)} checked, {sum(1 for p in snapshots.values() if p)} differ"]

@@ -83,6 +83,16 @@ def convparity_converted(convparity_round_trip: Callable[[str, str], Any]) -> Ca
 
 
 @pytest.fixture
+def convparity_diagnose(convparity_round_trip: Callable[[str, str], Any]) -> Callable[[str, str], str]:
+    """``diagnose(family, case)``: for a failed parity's assertion message, the sub-module that disagrees with the
+    reference, the tensors feeding it and the likeliest catalogue bugs (``harness.mutation.on_failure``)."""
+    from harness.mutation.on_failure import diagnose_case
+    from harness.registry import family
+
+    return lambda name, case: diagnose_case(family(name), case, convparity_round_trip(name, case).model_dir)
+
+
+@pytest.fixture
 def convparity_reference() -> Callable[..., Any]:
     """``reference(family, source, tokens)``: the family's original-architecture logits."""
     from harness.registry import family

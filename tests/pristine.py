@@ -7,7 +7,6 @@ family, present and future, is described the same way.
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -50,11 +49,11 @@ class Pristine:
 
     @property
     def config_map(self) -> ConfigMap:
-        return importlib.import_module(f"converters.{self.family.name}.convert").CONFIG
+        return self.family.config
 
     def dropped(self, name: str) -> str | None:
         """Why the family's key tables leave ``name`` out (a Drop rule's reason), or None when they read it."""
-        keys = importlib.import_module(f"converters.{self.family.name}.convert").KEYS
+        keys = self.family.keys
         for table in keys.values() if isinstance(keys, dict) else [keys]:
             for drop in table.drops:
                 if isinstance(drop, Drop) and drop.regex.match(name):

@@ -95,11 +95,12 @@ def _assert_within_floor(measured: float, floor: float, bound: float,
 
 
 @pytest.mark.parametrize(("family", "case", "device", "dtype"), MATRIX)
-def test_parity(family: str, case: str, device: str, dtype: str, convparity_round_trip) -> None:
+def test_parity(family: str, case: str, device: str, dtype: str, convparity_round_trip, convparity_diagnose) -> None:
     rt = convparity_round_trip(family, case)
     model = load_converted(rt.model_dir, device, dtype, FAMILIES[family])
     result = run_parity(FAMILIES[family], case, rt.source, model, device, dtype, make_tokens(rt.vocab_size))
-    assert result.passed, f"{result.violations}; first divergent hidden state: {result.first_divergent_layer}"
+    assert result.passed, (f"{result.violations}; first divergent hidden state: {result.first_divergent_layer}; "
+                           f"diagnosis: {convparity_diagnose(family, case)}")
 
 
 @pytest.mark.parametrize(("family", "case"), CASES, ids=[f"{f}-{c}" for f, c in CASES])

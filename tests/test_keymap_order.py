@@ -62,7 +62,7 @@ def test_a_rule_without_layer_between_layer_rules_is_refused() -> None:
 
 @pytest.mark.parametrize("name", sorted(families()))
 def test_every_family_keys_are_layouts_with_a_default(name: str) -> None:
-    keys = importlib.import_module(f"converters.{name}.convert").KEYS
+    keys = families()[name].keys
     assert isinstance(keys, Layouts) and keys.family == name and keys.default in keys
     assert all(isinstance(table, KeyMap) for _, table in keys.items())  # what `convparity describe` lists
     assert keys.pick("default").layout == keys.default

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from harness.cli import main
 from harness.errors import ConversionError
 from harness.mapping.output import write_converted
+from harness.parity.localise import NO_CATALOGUE
 from harness.parity.parity import UpcastTensors, load_converted, make_tokens
 from harness.parity.streamed_model import StreamedModel
 from harness.parity.verify import read_input_ids, verify
@@ -90,6 +91,9 @@ def test_verify_fails_on_one_altered_tensor_and_names_its_block(family: str, cas
     assert not result.passed
     assert result.first_divergent == block
     assert result.violations[0].startswith(f"first divergent block {block}: max abs ")
+    # teacher-forced localisation names a sub-module inside that block, and says why it names no likely bug
+    assert result.diagnosis is not None and f" ({block}." in result.diagnosis.split(" disagrees")[0]
+    assert result.diagnosis.endswith(NO_CATALOGUE)
 
 
 def test_cli_exits_1_on_a_divergence_and_names_the_block(tmp_path: Path, convparity_round_trip: Callable,

@@ -11,13 +11,16 @@ Extra config key (not an upstream field): `hidden_activation` selects the MLP ga
 (2024-03-02); `"gelu_exact"` is the exact erf GELU of the original release (commit 09eee7b, model.py:197).
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["forward"]
+__all__ = ["Probe", "forward"]
+
+# Sees named points, each as (input, output); diagnosis records them (forward's docstring lists them).
+Probe = Callable[[dict[str, tuple[torch.Tensor, torch.Tensor]]], None]
 
 MASK_VALUE = -2.3819763e38  # generate(): the fill value of the causal mask, built in float32
 ROPE_THETA = 10_000.0  # GemmaForCausalLM._register_freqs_cis default; Gemma 1 never overrides it
@@ -43,11 +46,16 @@ def forward(
     tokens: torch.Tensor,
     *,
     hidden_states: bool = False,
+    probe: Probe | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Mirror `GemmaForCausalLM.forward` (prefill over positions 0..T-1, logits for every position).
 
     Returns float32 logits (B, T, vocab); with `hidden_states=True` also n_layers + 1 float32 tensors:
-    the scaled embedding output, then each decoder layer's output (before the final norm).
+    the scaled embedding output, then each decoder layer's output (before the final norm). `probe`, when
+    given, sees each named point's (input, output): `embedder` (scaled), `model.layers.N.input_layernorm`,
+    `model.layers.N.self_attn` (`model.layers.N.self_attn.o_proj` inside it),
+    `model.layers.N.post_attention_layernorm`, `model.layers.N.mlp`, `model.norm`,
+    `sampler`.
 
     Example: `logits = forward(state_dict, config, torch.tensor([[2, 651, 6996]]))`
     """
@@ -64,10 +72,12 @@ def forward(
     h = F.embedding(tokens, embedder) * normalizer  # (B, T, hidden)
     states = [h.float()]
     for layer in range(config["num_hidden_layers"]):
-        h = decoder_layer(tensors, config, f"model.layers.{layer}", h, cos, sin, mask)
+        h = decoder_layer(tensors, config, f"model.layers.{layer}", h, cos, sin, mask, probe)
         states.append(h.float())
-    h = rms_norm(h, tensors["model.norm.weight"], config["rms_norm_eps"])
-    logits = sampler_logits(h, embedder).float()  # (B, T, vocab)
+    normed = rms_norm(h, tensors["model.norm.weight"], config["rms_norm_eps"])
+    logits = sampler_logits(normed, embedder).float()  # (B, T, vocab)
+    if probe is not None:
+        probe({"embedder": (tokens, states[0]), "model.norm": (h, normed), "sampler": (normed, logits)})
     return (logits, states) if hidden_states else logits
 
 
@@ -79,6 +89,7 @@ def decoder_layer(
     cos: torch.Tensor,
     sin: torch.Tensor,
     mask: torch.Tensor,
+    probe: Probe | None = None,
 ) -> torch.Tensor:
     """Mirror `GemmaDecoderLayer.forward`: pre-norm attention then pre-norm MLP, each with a residual.
 
@@ -86,9 +97,13 @@ def decoder_layer(
     """
     eps = config["rms_norm_eps"]
     x = rms_norm(h, tensors[f"{prefix}.input_layernorm.weight"], eps)
-    h = h + gemma_attention(tensors, config, f"{prefix}.self_attn", x, cos, sin, mask)
-    x = rms_norm(h, tensors[f"{prefix}.post_attention_layernorm.weight"], eps)
-    return h + gemma_mlp(tensors, config, f"{prefix}.mlp", x)
+    mid = h + (att := gemma_attention(tensors, config, f"{prefix}.self_attn", x, cos, sin, mask, probe))
+    y = rms_norm(mid, tensors[f"{prefix}.post_attention_layernorm.weight"], eps)
+    out = mid + (mlp := gemma_mlp(tensors, config, f"{prefix}.mlp", y))
+    if probe is not None:
+        probe({f"{prefix}.input_layernorm": (h, x), f"{prefix}.self_attn": (x, att),
+               f"{prefix}.post_attention_layernorm": (mid, y), f"{prefix}.mlp": (y, mlp)})
+    return out
 
 
 def gemma_attention(
@@ -99,6 +114,7 @@ def gemma_attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     mask: torch.Tensor,
+    probe: Probe | None = None,
 ) -> torch.Tensor:
     """Mirror `GemmaAttention.forward` for a global (causal, no softcapping) Gemma 1 layer."""
     B, T, _ = x.shape
@@ -124,7 +140,10 @@ def gemma_attention(
     # Upstream adds a float32 mask (promoting the scores) and takes the softmax in float32.
     probs = torch.softmax(scores.float() + mask, dim=-1).to(x.dtype)  # (B, n_heads, T, T)
     out = (probs @ v).transpose(1, 2).reshape(B, T, n_heads * head_dim)  # (B, T, n_heads * head_dim)
-    return F.linear(out, _weight(tensors, f"{prefix}.o_proj", config, x.dtype))  # (B, T, hidden)
+    projected = F.linear(out, _weight(tensors, f"{prefix}.o_proj", config, x.dtype))  # (B, T, hidden)
+    if probe is not None:
+        probe({f"{prefix}.o_proj": (out, projected)})
+    return projected
 
 
 def gemma_mlp(

@@ -1,6 +1,6 @@
 """GPT-SW3 (NeMo / Megatron GPT .ckpt or .nemo) -> transformers GPT2LMHeadModel."""
 
-from converters.gpt_sw3 import mutants
+from converters.gpt_sw3 import mutants, points
 from converters.gpt_sw3.convert import CONFIG, KEYS, convert, invert
 from converters.gpt_sw3.source import CASES, OPTIONS, SIZES, UPSTREAM_OPTIONS, read, shapes, tiny, write
 from harness.mapping.family import Family
@@ -28,4 +28,5 @@ FAMILY = Family(
     upstream_options=UPSTREAM_OPTIONS,
     mutants=tuple(mutants.MUTANTS),
     mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
 )

@@ -13,13 +13,16 @@ the Lightning state dict as stored (`model.language_model.…`); `*._extra_state
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch.nn import functional
 
-__all__ = ["forward"]
+__all__ = ["Probe", "forward"]
+
+# Sees named points, each as (input, output); diagnosis records them (forward's docstring lists them).
+Probe = Callable[[dict[str, tuple[torch.Tensor, torch.Tensor]]], None]
 
 PREFIX = "model.language_model."
 
@@ -30,6 +33,7 @@ def forward(
     tokens: torch.Tensor,
     *,
     hidden_states: bool = False,
+    probe: Probe | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Mirror `GPTModel.forward` (legacy/model/gpt_model.py), `post_process=True`, `parallel_output=False`.
 
@@ -37,24 +41,31 @@ def forward(
     (legacy/model/language_model.py L369), and the columns past the tokenizer's real vocabulary
     (`config["vocab_size"]` when given) are cut, since no token maps to them. With `hidden_states`
     also returns `num_layers + 1` float32 tensors `[B, T, h]`: the embedding output, then each layer's output.
+    `probe`, when given, sees each named point's (input, output), batch-first: `word_embeddings`,
+    `position_embeddings`, `layers.N.input_layernorm`, `layers.N.self_attention` (dense plus its bias),
+    `layers.N.post_attention_layernorm`, `layers.N.mlp` (plus its bias), `final_layernorm`, `output_layer`.
     """
     _check(config)
     s = tokens.shape[1]
     mask = get_ltor_masks(s, tokens.device)
-    hidden = embedding(tensors, tokens)  # (s, b, h)
+    hidden = embedding(tensors, tokens, probe)  # (s, b, h)
     states = [hidden]
     for i in range(config["num_layers"]):
         # ParallelTransformer numbers its layers from 1 (transformer.py build_layer(i + 1 + offset)).
         p = _layer_weights(tensors, i)
-        hidden = parallel_transformer_layer(hidden, p, mask, config, layer_number=i + 1)
+        named = probe and (lambda seen, i=i: probe(_batch_first(seen, f"layers.{i}.")))
+        hidden = parallel_transformer_layer(hidden, p, mask, config, layer_number=i + 1, probe=named)
         states.append(hidden)
     eps = config["layernorm_epsilon"]
-    hidden = layer_norm(hidden, tensors[PREFIX + "encoder.final_layernorm.weight"],
-                        tensors[PREFIX + "encoder.final_layernorm.bias"], eps)
+    last, hidden = hidden, layer_norm(hidden, tensors[PREFIX + "encoder.final_layernorm.weight"],
+                                      tensors[PREFIX + "encoder.final_layernorm.bias"], eps)
     # Tied output: the word embedding is the output layer, no bias (gpt_model.py L55, L92).
     logits = parallel_lm_logits(hidden, tensors[PREFIX + "embedding.word_embeddings.weight"])  # (s, b, V)
     logits = logits.transpose(0, 1).contiguous().float()  # (b, s, V)
     logits = logits[..., : config.get("vocab_size", logits.shape[-1])]  # (b, s, real vocab)
+    if probe is not None:
+        probe({"final_layernorm": (last.transpose(0, 1), hidden.transpose(0, 1)),
+               "output_layer": (hidden.transpose(0, 1), logits)})
     if not hidden_states:
         return logits
     return logits, [h.transpose(0, 1).float() for h in states]  # each (b, s, h)
@@ -66,7 +77,8 @@ def get_ltor_masks(s: int, device: torch.device) -> torch.Tensor:
     return torch.tril(ones) < 0.5
 
 
-def embedding(tensors: Mapping[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+def embedding(tensors: Mapping[str, torch.Tensor], tokens: torch.Tensor, probe: Probe | None = None
+              ) -> torch.Tensor:
     """Mirror `Embedding.forward` (legacy/model/language_model.py): word + learned absolute position."""
     position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)  # (1, s)
     word_table = tensors[PREFIX + "embedding.word_embeddings.weight"]  # (padded_vocab, h)
@@ -74,6 +86,8 @@ def embedding(tensors: Mapping[str, torch.Tensor], tokens: torch.Tensor) -> torc
     words = functional.embedding(tokens, word_table)  # (b, s, h)
     positions = functional.embedding(position_ids, position_table)  # (1, s, h)
     embeddings = words + positions
+    if probe is not None:
+        probe({"word_embeddings": (tokens, words), "position_embeddings": (position_ids, positions)})
     return embeddings.transpose(0, 1).contiguous()  # (s, b, h)
 
 
@@ -94,17 +108,21 @@ def parallel_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 def parallel_transformer_layer(
     hidden: torch.Tensor, p: Mapping[str, torch.Tensor], mask: torch.Tensor, config: Mapping[str, Any],
-    layer_number: int,
+    layer_number: int, probe: Probe | None = None,
 ) -> torch.Tensor:
     """Mirror `ParallelTransformerLayer.forward` (legacy/model/transformer.py): pre-LN, input residual."""
     eps = config["layernorm_epsilon"]
-    norm_output = layer_norm(hidden, p["input_layernorm.weight"], p["input_layernorm.bias"], eps)
-    attention_output, attention_bias = parallel_attention(norm_output, p, mask, config, layer_number)
+    attention_in = layer_norm(hidden, p["input_layernorm.weight"], p["input_layernorm.bias"], eps)
+    attention_output, attention_bias = parallel_attention(attention_in, p, mask, config, layer_number)
     # apply_residual_connection_post_layernorm is False in NeMo GPT: the residual is the layer input.
     norm_input = bias_dropout_add(attention_output, attention_bias, hidden)
     norm_output = layer_norm(norm_input, p["post_attention_layernorm.weight"],
                              p["post_attention_layernorm.bias"], eps)
     mlp_output, mlp_bias = parallel_mlp(norm_output, p, config)
+    if probe is not None:
+        probe({"input_layernorm": (hidden, attention_in), "self_attention": (attention_in, attention_output +
+               attention_bias), "post_attention_layernorm": (norm_input, norm_output),
+               "mlp": (norm_output, mlp_output + mlp_bias)})
     return bias_dropout_add(mlp_output, mlp_bias, norm_input)
 
 
@@ -223,6 +241,11 @@ def erf_gelu(x: torch.Tensor) -> torch.Tensor:
 def parallel_lm_logits(hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
     """Mirror `parallel_lm_logits` (legacy/model/language_model.py) at TP=1 with `bias=None`."""
     return torch.matmul(hidden, word_embeddings.t())  # (s, b, padded_vocab)
+
+
+def _batch_first(seen: dict[str, tuple[torch.Tensor, torch.Tensor]], prefix: str
+                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {prefix + k: (i.transpose(0, 1), o.transpose(0, 1)) for k, (i, o) in seen.items()}
 
 
 def _layer_weights(tensors: Mapping[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:

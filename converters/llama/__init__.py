@@ -1,6 +1,6 @@
 """Llama (Meta's params.json + consolidated.NN.pth rank files, Llama 1/2/3/3.1) -> transformers LlamaForCausalLM."""
 
-from converters.llama import mutants
+from converters.llama import mutants, points
 from converters.llama.convert import CONFIG, KEYS, convert, invert
 from converters.llama.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
 from harness.mapping.family import Family
@@ -28,4 +28,5 @@ FAMILY = Family(
     options=OPTIONS,
     mutants=tuple(mutants.MUTANTS),
     mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
 )

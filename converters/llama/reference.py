@@ -13,18 +13,26 @@ Llama 3.1's scaled rotary frequencies. Never imports transformers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["forward"]
+__all__ = ["Probe", "forward"]
+
+# Sees a block's named points, each as (input, output); diagnosis records them (forward's docstring lists them).
+Probe = Callable[[dict[str, tuple[torch.Tensor, torch.Tensor]]], None]
 
 
 def forward(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], tokens: torch.Tensor, *,
-            hidden_states: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """``Transformer.forward`` (L2 457-495, L3 281-...) at start_pos 0: float32 logits [B, T, vocab]."""
+            hidden_states: bool = False, probe: Probe | None = None
+            ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """``Transformer.forward`` (L2 457-495, L3 281-...) at start_pos 0: float32 logits [B, T, vocab].
+
+    ``probe``, when given, sees each named point's (input, output): ``embedding``, ``layers.N.attention_norm``,
+    ``layers.N.attention`` (``layers.N.attention.wo`` inside it), ``layers.N.ffn_norm``, ``layers.N.feed_forward``,
+    ``norm``, ``output``."""
     B, T = tokens.shape
     head_dim = config["dim"] // config["n_heads"]  # L2 205
     theta = config.get("rope_theta") or 10000.0  # Llama 1/2 ModelArgs has no field: the default of L2 80
@@ -33,11 +41,13 @@ def forward(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], toke
     h = embedding(tensors["tok_embeddings.weight"], tokens, config["dim"])  # (B, T, dim)
     states = [h.float()]
     for i in range(config["n_layers"]):
-        h = transformer_block(tensors, f"layers.{i}.", config, h, freqs_cis, mask)
+        h = transformer_block(tensors, f"layers.{i}.", config, h, freqs_cis, mask, probe)
         states.append(h.float())
-    h = rms_norm(h, replicated(tensors["norm.weight"]), config.get("norm_eps", 1e-5))
+    normed = rms_norm(h, replicated(tensors["norm.weight"]), config.get("norm_eps", 1e-5))
     # ColumnParallelLinear with gather_output (L2 446-448): each rank's vocabulary slice, gathered in rank order.
-    logits = torch.cat([h @ w.t() for w in tensors["output.weight"]], dim=-1).float()  # (B, T, vocab)
+    logits = torch.cat([normed @ w.t() for w in tensors["output.weight"]], dim=-1).float()  # (B, T, vocab)
+    if probe is not None:
+        probe({"embedding": (tokens, states[0]), "norm": (h, normed), "output": (normed, logits)})
     return (logits, states) if hidden_states else logits
 
 
@@ -96,13 +106,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def attention(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: torch.Tensor,
-              freqs_cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+              freqs_cis: torch.Tensor, mask: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
     """``Attention.forward`` (L2 273-304, L3 171-202) on every rank: rank r holds n_heads/ranks query heads and
     n_kv_heads/ranks kv heads (L2 201-204); ``wo`` is row-parallel, so the ranks' outputs are summed."""
     B, T, _ = x.shape
     hd = c["dim"] // c["n_heads"]
     wq, wk, wv, wo = (t[f"{p}attention.{w}.weight"] for w in ("wq", "wk", "wv", "wo"))
-    out = None
+    out, context = None, []
     for r in range(wq.shape[0]):
         q = (x @ wq[r].t()).view(B, T, -1, hd)  # (B, T, local heads, head_dim)
         k = (x @ wk[r].t()).view(B, T, -1, hd)  # (B, T, local kv heads, head_dim)
@@ -115,7 +125,9 @@ def attention(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: to
         scores = F.softmax(scores.float(), dim=-1).type_as(q)
         o = (scores @ v).transpose(1, 2).reshape(B, T, -1)  # (B, T, local heads * head_dim)
         part = o @ wo[r].t()  # (B, T, dim): this rank's share of the row-parallel product
-        out = part if out is None else out + part
+        out, context = part if out is None else out + part, [*context, o]
+    if probe is not None:  # wo's input: every rank's heads, in rank order (B, T, n_heads * head_dim)
+        probe({p + "attention.wo": (torch.cat(context, dim=-1), out)})
     return out
 
 
@@ -131,8 +143,14 @@ def feed_forward(t: Mapping[str, torch.Tensor], p: str, x: torch.Tensor) -> torc
 
 
 def transformer_block(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: torch.Tensor,
-                      freqs_cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                      freqs_cis: torch.Tensor, mask: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
     """``TransformerBlock.forward`` (L2 406-409, L3 252-254): pre-norm attention, then pre-norm FFN, residual."""
     eps = c.get("norm_eps", 1e-5)
-    h = x + attention(t, p, c, rms_norm(x, replicated(t[p + "attention_norm.weight"]), eps), freqs_cis, mask)
-    return h + feed_forward(t, p, rms_norm(h, replicated(t[p + "ffn_norm.weight"]), eps))
+    a = rms_norm(x, replicated(t[p + "attention_norm.weight"]), eps)
+    h = x + (att := attention(t, p, c, a, freqs_cis, mask, probe))
+    f = rms_norm(h, replicated(t[p + "ffn_norm.weight"]), eps)
+    out = h + (ffn := feed_forward(t, p, f))
+    if probe is not None:
+        probe({p + "attention_norm": (x, a), p + "attention": (a, att), p + "ffn_norm": (h, f),
+               p + "feed_forward": (f, ffn)})
+    return out

@@ -1,6 +1,6 @@
 """Mixtral (Mistral AI params.json + consolidated.*) -> transformers MixtralForCausalLM."""
 
-from converters.mixtral import mutants
+from converters.mixtral import mutants, points
 from converters.mixtral.convert import CONFIG, KEYS, convert, invert
 from converters.mixtral.source import CASES, SIZES, read, shapes, tiny, write
 from harness.mapping.family import Family
@@ -27,4 +27,5 @@ FAMILY = Family(
     hub_files=("params.json", "consolidated.*"),
     mutants=tuple(mutants.MUTANTS),
     mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
 )

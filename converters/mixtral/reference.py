@@ -8,18 +8,26 @@ Never imports transformers: this is the independent side of the comparison.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["forward"]
+__all__ = ["Probe", "forward"]
+
+# Sees named points, each as (input, output); diagnosis records them (forward's docstring lists them).
+Probe = Callable[[dict[str, tuple[torch.Tensor, torch.Tensor]]], None]
 
 
 def forward(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], tokens: torch.Tensor, *,
-            hidden_states: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """``Transformer.forward`` (L347-359): logits [B, T, vocab] in float32, optionally per-block states."""
+            hidden_states: bool = False, probe: Probe | None = None
+            ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """``Transformer.forward`` (L347-359): logits [B, T, vocab] in float32, optionally per-block states.
+
+    ``probe``, when given, sees each named point's (input, output): ``tok_embeddings``, ``layers.N.attention_norm``,
+    ``layers.N.attention`` (``layers.N.attention.wo`` inside it), ``layers.N.ffn_norm``, ``layers.N.feed_forward``
+    (the MoE layer), ``norm``, ``output``."""
     B, T = tokens.shape
     theta = config.get("rope_theta") or 1e6  # L312
     freqs_cis = precompute_freqs_cis(config["head_dim"], T, theta, tokens.device)
@@ -27,10 +35,12 @@ def forward(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], toke
     h = tensors["tok_embeddings.weight"][tokens]  # (B, T, dim)
     states = [h.float()]
     for i in range(config["n_layers"]):
-        h = transformer_block(tensors, f"layers.{i}.", config, h, freqs_cis, mask)
+        h = transformer_block(tensors, f"layers.{i}.", config, h, freqs_cis, mask, probe)
         states.append(h.float())
-    h = rms_norm(h, tensors["norm.weight"], config["norm_eps"])
-    logits = (h @ tensors["output.weight"].t()).float()  # (B, T, vocab)
+    normed = rms_norm(h, tensors["norm.weight"], config["norm_eps"])
+    logits = (normed @ tensors["output.weight"].t()).float()  # (B, T, vocab)
+    if probe is not None:
+        probe({"tok_embeddings": (tokens, states[0]), "norm": (h, normed), "output": (normed, logits)})
     return (logits, states) if hidden_states else logits
 
 
@@ -56,7 +66,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def attention(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: torch.Tensor,
-              freqs_cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+              freqs_cis: torch.Tensor, mask: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
     """``Attention.forward`` (L120-176): GQA by repeat_interleave, scale head_dim**-0.5, fp32 softmax."""
     B, T, _ = x.shape
     H, KV, hd = c["n_heads"], c["n_kv_heads"], c["head_dim"]
@@ -70,7 +80,10 @@ def attention(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: to
     scores = (q @ k.transpose(2, 3)) * hd**-0.5 + mask  # (B, n_heads, T, T)
     scores = F.softmax(scores.float(), dim=-1).type_as(q)
     out = (scores @ v).transpose(1, 2).reshape(B, T, H * hd)  # (B, T, n_heads * head_dim)
-    return out @ t[p + "attention.wo.weight"].t()
+    projected = out @ t[p + "attention.wo.weight"].t()  # (B, T, dim)
+    if probe is not None:
+        probe({p + "attention.wo": (out, projected)})
+    return projected
 
 
 def expert_weights(t: Mapping[str, torch.Tensor], p: str, e: int, hidden_dim: int) -> tuple[torch.Tensor, ...]:
@@ -101,7 +114,13 @@ def moe(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: torch.Te
 
 
 def transformer_block(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: torch.Tensor,
-                      freqs_cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                      freqs_cis: torch.Tensor, mask: torch.Tensor, probe: Probe | None = None) -> torch.Tensor:
     """``TransformerBlock.forward`` (L243-254): pre-norm attention then pre-norm MoE, both residual."""
-    h = x + attention(t, p, c, rms_norm(x, t[p + "attention_norm.weight"], c["norm_eps"]), freqs_cis, mask)
-    return h + moe(t, p, c, rms_norm(h, t[p + "ffn_norm.weight"], c["norm_eps"]))
+    a = rms_norm(x, t[p + "attention_norm.weight"], c["norm_eps"])
+    h = x + (att := attention(t, p, c, a, freqs_cis, mask, probe))
+    f = rms_norm(h, t[p + "ffn_norm.weight"], c["norm_eps"])
+    out = h + (ffn := moe(t, p, c, f))
+    if probe is not None:
+        probe({p + "attention_norm": (x, a), p + "attention": (a, att), p + "ffn_norm": (h, f),
+               p + "feed_forward": (f, ffn)})
+    return out

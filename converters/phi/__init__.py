@@ -1,6 +1,6 @@
 """Phi (Microsoft's original phi-msft / mixformer-sequential checkpoints) -> transformers PhiForCausalLM."""
 
-from converters.phi import mutants
+from converters.phi import mutants, points
 from converters.phi.convert import CONFIG, KEYS, convert, invert
 from converters.phi.source import CASES, SIZES, read, shapes, tiny, write
 from harness.mapping.family import Family
@@ -27,4 +27,5 @@ FAMILY = Family(
     hub_files=("config.json", "*.bin", "*.safetensors", "*.index.json"),
     mutants=tuple(mutants.MUTANTS),
     mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
 )

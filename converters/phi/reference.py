@@ -23,7 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["forward"]
+__all__ = ["Probe", "forward"]
+
+# Sees named points, each as (input, output); diagnosis records them (forward's docstring lists them).
+Probe = Callable[[dict[str, tuple[torch.Tensor, torch.Tensor]]], None]
 
 # Defaults of PhiConfig / MixFormerSequentialConfig.__init__ (identical in both classes) for absent fields.
 DEFAULTS: dict[str, Any] = {
@@ -58,12 +61,15 @@ def forward(
     tokens: torch.Tensor,
     *,
     hidden_states: bool = False,
+    probe: Probe | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Mirror ``PhiForCausalLM.forward`` / ``MixFormerSequentialForCausalLM.forward`` without a cache.
 
     ``tensors`` is the upstream state dict in either layout; ``tokens`` is (B, T). Returns float32 logits
     (B, T, embedding rows) and, with ``hidden_states=True``, the embedding output followed by every
-    block's output, as float32.
+    block's output, as float32. ``probe``, when given, sees each named point's (input, output), named the same
+    in either layout: ``embd``, ``h.N.ln``, ``h.N.mixer`` (``h.N.mixer.out_proj`` inside it), ``h.N.mlp``,
+    ``head.ln``, ``head.linear``.
 
     >>> logits = forward(state_dict, json.load(open("config.json")), torch.tensor([[1, 2, 3]]))
     """
@@ -71,10 +77,12 @@ def forward(
     prefixes = _layout(tensors, cfg["n_layer"])
     x = embedding(tensors, prefixes["embd"], tokens)  # (B, T, n_embd)
     states = [x.float()]
-    for block in prefixes["blocks"]:
-        x = parallel_block(tensors, block, x, cfg)
+    for i, block in enumerate(prefixes["blocks"]):
+        x = parallel_block(tensors, block, x, cfg, probe and (lambda seen, i=i: probe(_named(f"h.{i}.", seen))))
         states.append(x.float())
-    logits = causal_lm_head(tensors, prefixes["head"], x, cfg)  # (B, T, vocab rows)
+    logits = causal_lm_head(tensors, prefixes["head"], x, cfg, probe)  # (B, T, vocab rows)
+    if probe is not None:
+        probe({"embd": (tokens, states[0])})
     return (logits, states) if hidden_states else logits
 
 
@@ -84,18 +92,23 @@ def embedding(tensors: Mapping[str, torch.Tensor], prefix: str, tokens: torch.Te
 
 
 def parallel_block(
-    tensors: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor, cfg: Mapping[str, Any]
+    tensors: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor, cfg: Mapping[str, Any],
+    probe: Probe | None = None,
 ) -> torch.Tensor:
     """Mirror ``ParallelBlock.forward``: ONE LayerNorm feeds both the mixer and the MLP.
 
     ``out = mixer(ln(x)) + mlp(ln(x)) + x``; ``resid_dropout`` is off in eval.
     """
     h = layer_norm(tensors, prefix + "ln.", x, cfg["layer_norm_epsilon"])
-    return mha(tensors, prefix + "mixer.", h, cfg) + mlp(tensors, prefix + "mlp.", h, cfg) + x
+    attn, ff = mha(tensors, prefix + "mixer.", h, cfg, probe), mlp(tensors, prefix + "mlp.", h, cfg)
+    if probe is not None:
+        probe({"ln": (x, h), "mixer": (h, attn), "mlp": (h, ff)})
+    return attn + ff + x
 
 
 def mha(
-    tensors: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor, cfg: Mapping[str, Any]
+    tensors: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor, cfg: Mapping[str, Any],
+    probe: Probe | None = None,
 ) -> torch.Tensor:
     """Mirror ``MHA.forward`` (``_forward_self_attn`` / ``_forward_cross_attn`` without a cache).
 
@@ -113,8 +126,11 @@ def mha(
         cos, sin = rotary_emb(cfg["rotary_dim"], T, x.device, x.dtype)
         q = apply_rotary_emb(q, cos, sin)
         k = apply_rotary_emb(k, cos, sin)
-    out = self_attention(q, k, v)  # (B, T, n_head, head_dim)
-    return linear(tensors, prefix + "out_proj.", out.reshape(B, T, H * hd))  # (B, T, n_embd)
+    out = self_attention(q, k, v).reshape(B, T, H * hd)  # (B, T, n_head * head_dim)
+    projected = linear(tensors, prefix + "out_proj.", out)  # (B, T, n_embd)
+    if probe is not None:
+        probe({"mixer.out_proj": (out, projected)})
+    return projected
 
 
 def rotary_emb(
@@ -170,11 +186,15 @@ def mlp(
 
 
 def causal_lm_head(
-    tensors: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor, cfg: Mapping[str, Any]
+    tensors: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor, cfg: Mapping[str, Any],
+    probe: Probe | None = None,
 ) -> torch.Tensor:
     """Mirror ``CausalLMHead.forward``: LayerNorm, biased Linear over the padded vocab, cast to float32."""
     h = layer_norm(tensors, prefix + "ln.", x, cfg["layer_norm_epsilon"])
-    return linear(tensors, prefix + "linear.", h).float()  # (B, T, vocab rows)
+    logits = linear(tensors, prefix + "linear.", h).float()  # (B, T, vocab rows)
+    if probe is not None:
+        probe({"head.ln": (x, h), "head.linear": (h, logits)})
+    return logits
 
 
 def layer_norm(tensors: Mapping[str, torch.Tensor], prefix: str, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -221,6 +241,11 @@ def _layout(tensors: Mapping[str, torch.Tensor], n_layer: int) -> dict[str, Any]
         "expected a phi-msft ('transformer.embd.wte.weight') or mixformer-sequential ('layers.0.wte.weight') "
         f"state dict; found keys {sorted(tensors)[:5]}..."
     )
+
+
+def _named(prefix: str, seen: dict[str, tuple[torch.Tensor, torch.Tensor]]
+           ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {prefix + name: pair for name, pair in seen.items()}
 
 
 def _get(tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """RWKV-4 (BlinkDL .pth state dict, sizes from shapes) -> transformers RwkvForCausalLM."""
 
-from converters.rwkv import mutants
+from converters.rwkv import mutants, points
 from converters.rwkv.convert import CONFIG, KEYS, convert, invert
 from converters.rwkv.loading import loading
 from converters.rwkv.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
@@ -29,4 +29,5 @@ FAMILY = Family(
     loading=loading,
     mutants=tuple(mutants.MUTANTS),
     mutation_cases=mutants.CASES,
+    points=tuple(points.POINTS),
 )

@@ -15,13 +15,16 @@ upstream keeps in float32 (k and v are upcast, the output is cast back). Sizes c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["forward"]
+__all__ = ["Probe", "forward"]
+
+# Sees named points, each as (input, output); diagnosis records them (forward's docstring lists them).
+Probe = Callable[[dict[str, tuple[torch.Tensor, torch.Tensor]]], None]
 
 LN_EPS = 1e-5  # F.layer_norm default; the runtime passes no eps (pkg model.py), RWKV-LM uses nn.LayerNorm
 PP_INIT = -1e30  # initial running max exponent of a fresh state (pkg forward: zeros - 1e30)
@@ -68,7 +71,7 @@ def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: 
 
 
 def time_mixing(
-    x: torch.Tensor, tensors: Mapping[str, torch.Tensor], layer: int, scale: float
+    x: torch.Tensor, tensors: Mapping[str, torch.Tensor], layer: int, scale: float, probe: Probe | None = None
 ) -> torch.Tensor:
     """``RWKV.att_seq`` (RWKV-LM ``RWKV_TimeMix``): returns the attention branch, without the residual.
 
@@ -86,11 +89,14 @@ def time_mixing(
     v = F.linear(vx, tensors[f"{att}.value.weight"]).float()  # (B, T, A)
     y = wkv(tensors[f"{att}.time_decay"], tensors[f"{att}.time_first"], k, v).to(x.dtype)
     # Upstream divides the weight at load (pkg model.py, RESCALE_LAYER); a new tensor, input left untouched.
-    return F.linear(r * y, tensors[f"{att}.output.weight"] / scale)  # (B, T, C)
+    out = F.linear(r * y, tensors[f"{att}.output.weight"] / scale)  # (B, T, C)
+    if probe is not None:
+        probe({f"blocks.{layer}.ln1": (x, xx), att: (xx, out)})
+    return out
 
 
 def channel_mixing(
-    x: torch.Tensor, tensors: Mapping[str, torch.Tensor], layer: int, scale: float
+    x: torch.Tensor, tensors: Mapping[str, torch.Tensor], layer: int, scale: float, probe: Probe | None = None
 ) -> torch.Tensor:
     """``RWKV.ffn_seq`` (RWKV-LM ``RWKV_ChannelMix``): ``sigmoid(r(xr)) * value(relu(key(xk))**2)``.
 
@@ -104,7 +110,10 @@ def channel_mixing(
     rx = xx * mix_r + sx * (1 - mix_r)
     r = torch.sigmoid(F.linear(rx, tensors[f"{ffn}.receptance.weight"]))  # (B, T, C)
     kv = torch.square(torch.relu(F.linear(kx, tensors[f"{ffn}.key.weight"])))  # (B, T, dim_ffn)
-    return r * F.linear(kv, tensors[f"{ffn}.value.weight"] / scale)  # (B, T, C)
+    out = r * F.linear(kv, tensors[f"{ffn}.value.weight"] / scale)  # (B, T, C)
+    if probe is not None:
+        probe({f"blocks.{layer}.ln2": (x, xx), ffn: (xx, out)})
+    return out
 
 
 def forward(
@@ -113,6 +122,7 @@ def forward(
     tokens: torch.Tensor,
     *,
     hidden_states: bool = False,
+    probe: Probe | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """``RWKV.forward(tokens, None, full_output=True)`` batched: logits for every position from a fresh state.
 
@@ -120,6 +130,8 @@ def forward(
     runtime's fp32 setting) is upstream's RESCALE_LAYER. Returns float32 ``(B, T, vocab)`` logits and, with
     ``hidden_states=True``, float32 ``(B, T, C)`` activations: the block-0 input (embedding after ``ln0``),
     then each block's output (after the RESCALE_LAYER halving, i.e. what the next block receives).
+    ``probe``, when given, sees each named point's (input, output): ``emb``, ``blocks.0.ln0``, ``blocks.N.ln1``,
+    ``blocks.N.att``, ``blocks.N.ln2``, ``blocks.N.ffn``, ``ln_out``, ``head``.
 
     Example: ``forward(torch.load(path, weights_only=True), {}, torch.tensor([[0, 5, 7]]))``.
     """
@@ -129,14 +141,18 @@ def forward(
     n_layer = 1 + max(int(name.split(".")[1]) for name in tensors if name.startswith("blocks."))
     # ln0 applied at run time in the weights' dtype (RWKV-LM Block, layer 0); the pip runtime folds it into the
     # embedding table at load, which for a bf16 file is the only deviation from this path (README fact 9).
-    x = layer_norm(F.embedding(tokens, tensors["emb.weight"]), tensors, "blocks.0.ln0")  # (B, T, C)
+    emb = F.embedding(tokens, tensors["emb.weight"])  # (B, T, C)
+    x = layer_norm(emb, tensors, "blocks.0.ln0")  # (B, T, C)
     states = [x.float()]
     for i in range(n_layer):
         scale = float(2 ** (i // rescale_every)) if rescale_every > 0 else 1.0
-        x = x + time_mixing(x, tensors, i, scale)
-        x = x + channel_mixing(x, tensors, i, scale)
+        x = x + time_mixing(x, tensors, i, scale, probe)
+        x = x + channel_mixing(x, tensors, i, scale, probe)
         if rescale_every > 0 and (i + 1) % rescale_every == 0:
             x = x / 2  # pkg forward; a no-op for the logits up to LayerNorm eps (scale invariance)
         states.append(x.float())
-    logits = F.linear(layer_norm(x, tensors, "ln_out"), tensors["head.weight"]).float()  # (B, T, vocab)
+    normed = layer_norm(x, tensors, "ln_out")  # (B, T, C)
+    logits = F.linear(normed, tensors["head.weight"]).float()  # (B, T, vocab)
+    if probe is not None:
+        probe({"emb": (tokens, emb), "blocks.0.ln0": (emb, states[0]), "ln_out": (x, normed), "head": (normed, logits)})
     return (logits, states) if hidden_states else logits

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from harness.mapping.config_map import ConfigMap
 from harness.mapping.conversion import Converted, SourceCheckpoint
 from harness.mapping.keymap import Layouts
+from harness.mapping.points import Point
 
 if TYPE_CHECKING:  # annotations only: the mutation layer sits above this one and imports it
     from harness.mutation.planting import Mutant
@@ -80,6 +81,7 @@ class Family:
     loading: Callable[[Mapping[str, Any]], AbstractContextManager[None]] | None = None
     mutants: tuple[Mutant, ...] = ()
     mutation_cases: Mapping[str, MutationCase] = field(default_factory=dict)
+    points: tuple[Point, ...] = ()  # named points of the reference and their transformers modules (diagnosis)
 
     def option_names(self) -> list[str]:
         """The keyword each option reaches ``read`` as (``--vocab-size`` -> ``vocab_size``)."""

@@ -42,8 +42,8 @@ from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.parity.report import write_document
 from harness.terminal import bar
 
-__all__ = ["BATCH", "SEQ", "CaseRun", "Record", "cases_for", "evaluate", "mutants_for", "prepare",
-           "run_family", "run_mutate", "summary"]
+__all__ = ["BATCH", "SEQ", "CaseRun", "Record", "cases_for", "evaluate", "mutants_for", "plant", "prepare",
+           "run_family", "run_mutate", "summary", "write_mutable"]
 
 BATCH, SEQ = 2, 32  # long enough that rotary-frequency and position errors reach the logits
 
@@ -122,7 +122,7 @@ def evaluate(family: Family, run: CaseRun, m: Mutable, reference: SourceCheckpoi
     """Write ``m`` as a ``dtype`` checkpoint, load it, and hold it to float32 parity against ``reference``."""
     out = Path(tempfile.mkdtemp(dir=workdir)) / "hf"
     try:
-        _write(m, out, DTYPES[dtype])
+        write_mutable(m, out, DTYPES[dtype])
         try:
             model = load_converted(out, "cpu", "float32", family)
         except Exception as err:  # noqa: BLE001 - any load failure is the check catching the conversion
@@ -162,7 +162,7 @@ def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: boo
             controls.append(rec)
     records = []
     for mutant in bar(mutants_for(family), f"mutate {family.name}", quiet):
-        planted = [(run, _plant(mutant, run.clean)) for run in runs]
+        planted = [(run, plant(mutant, run.clean)) for run in runs]
         live = [(run, m) for run, m in planted if not m.same_as(run.clean)]
         for dtype in dtypes:
             rec = Record(family.name, mutant.__name__, dtype, bool(live), False, detail="changes nothing here")
@@ -232,6 +232,20 @@ def summary(records: list[Record], controls: list[Record]) -> list[str]:
     return lines
 
 
+def plant(mutant: Mutant, clean: Mutable) -> Mutable:
+    """A copy of the clean conversion with ``mutant`` planted."""
+    m = clean.copy()
+    mutant(m)
+    return m
+
+
+def write_mutable(m: Mutable, out: Path, dtype: torch.dtype) -> None:
+    """Write a (planted) conversion as a transformers directory of ``dtype`` weights."""
+    tensors = {k: (t.to(dtype) if t.is_floating_point() else t).contiguous() for k, t in m.tensors.items()}
+    specs = [TensorSpec(k, tuple(t.shape), t.dtype) for k, t in tensors.items()]
+    write_model_dir(out, {**m.config, "dtype": str(dtype)[6:]}, specs, tensors.items(), 2**62)
+
+
 def _row(family: str, mutant: str, cells: list[str]) -> str:
     return f"{family:<9} {mutant:<32} " + " ".join(f"{c:<40}" for c in cells).rstrip()
 
@@ -245,20 +259,8 @@ def _cell(r: Record) -> str:
     return f"killed ({r.metric}{ratio}, {r.case})"
 
 
-def _plant(mutant: Mutant, clean: Mutable) -> Mutable:
-    m = clean.copy()
-    mutant(m)
-    return m
-
-
 def _killed(run: CaseRun, dtype: str, metric: str, detail: str) -> Record:
     return Record("", "", dtype, True, True, run.name, metric, None, None, math.inf, detail)
-
-
-def _write(m: Mutable, out: Path, dtype: torch.dtype) -> None:
-    tensors = {k: (t.to(dtype) if t.is_floating_point() else t).contiguous() for k, t in m.tensors.items()}
-    specs = [TensorSpec(k, tuple(t.shape), t.dtype) for k, t in tensors.items()]
-    write_model_dir(out, {**m.config, "dtype": str(dtype)[6:]}, specs, tensors.items(), 2**62)
 
 
 def _scaled(name: str, t: torch.Tensor, scale: dict[str, float]) -> torch.Tensor:
@@ -268,7 +270,6 @@ def _scaled(name: str, t: torch.Tensor, scale: dict[str, float]) -> torch.Tensor
 
 def _round(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype).float() if t.is_floating_point() else t
-
 
 
 def _first_line(err: BaseException) -> str:

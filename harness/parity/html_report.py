@@ -76,6 +76,8 @@ def check_page(results: Sequence[Any], title: str = "convparity check", notes: S
             diagnosis = list(r.violations)
             if r.violations:
                 diagnosis.append(f"first divergent hidden state: {_hidden_name(r.first_divergent_layer)}")
+            if r.diagnosis:
+                diagnosis.append(f"diagnosis: {r.diagnosis}")
             plots.append(_plot(anchor, anchor, r.per_layer, r.passed, diagnosis))
     failed = sum(1 for r in results if r.status == "FAIL")
     skipped = sum(1 for r in results if r.skipped)

@@ -42,6 +42,7 @@ class ParityResult:
     seconds: float = 0.0
     # per hidden state then the logits: {"name", "rel" (max abs error / scale), "bound", "noise"}, all relative
     per_layer: list[dict[str, Any]] = field(default_factory=list)
+    diagnosis: str | None = None  # where a failure is: set by the front ends (harness.mutation.on_failure)
 
     @property
     def passed(self) -> bool:
@@ -110,11 +111,14 @@ def make_tokens(vocab_size: int, batch: int = 2, seq: int = 24, seed: int = 0) -
     return torch.randint(0, vocab_size, (batch, seq), generator=g)
 
 
-def load_converted(model_dir: Path, device: str, dtype: str, family: Family | None = None) -> Any:
+def load_converted(model_dir: Path, device: str, dtype: str, family: Family | None = None,
+                   report: dict[str, list[str]] | None = None) -> Any:
     """Load a converted directory as a user would, failing on any missing or unexpected key.
 
     A family may export ``loading(config) -> context manager`` for what stock transformers cannot build
-    (RWKV with one layer); it wraps ``from_pretrained``.
+    (RWKV with one layer); it wraps ``from_pretrained``. With ``report`` (diagnosis), bad keys are not an
+    error: mis-shaped tensors are left initialised and ``report`` lists the keys by kind (missing, unexpected,
+    mismatched).
     """
     from transformers import AutoModelForCausalLM  # deferred: importing transformers costs seconds
     from transformers.utils import logging as hf_logging
@@ -124,10 +128,13 @@ def load_converted(model_dir: Path, device: str, dtype: str, family: Family | No
     hook = family.loading if family is not None else None
     context = hook(json.loads((model_dir / "config.json").read_text())) if hook else nullcontext()
     with context:
-        model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype],
-                                                           output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], output_loading_info=True,
+                                                           ignore_mismatched_sizes=report is not None)
     bad = {k: v for k, v in info.items() if v}
-    if bad:
+    if report is not None:
+        report.update({k.removesuffix("_keys"): sorted(n[0] if isinstance(n, tuple) else n for n in v)
+                       for k, v in bad.items() if k.endswith("_keys")})
+    elif bad:
         raise AssertionError(f"{model_dir} does not load cleanly: {bad}")
     return model.to(device).eval()
 

@@ -46,7 +46,7 @@ def record(r: ParityResult) -> dict[str, Any]:
             "tolerance": {**asdict(tol), "max_abs_bound": tol.max_abs_bound(r.noise)} if tol else None,
             "noise_floor": r.noise, "violations": r.violations, "first_divergent_layer": r.first_divergent_layer,
             "skipped": r.skipped, "source_sha256": r.source_sha256, "seconds": round(r.seconds, 3),
-            "per_layer": r.per_layer}
+            "per_layer": r.per_layer, "diagnosis": r.diagnosis}
 
 
 SCHEMA = "convparity/1"  # docs/json-schema.md
@@ -90,7 +90,7 @@ def write_markdown(results: Sequence[ParityResult], path: Path, title: str = "co
     reasons = sorted({r.skipped for r in results if r.skipped})
     lines += [""] + [f"Skipped: {reason}." for reason in reasons]
     lines += [f"- **{r.family}-{r.case}-{r.device}-{r.dtype}**: {'; '.join(r.violations)}"
-              for r in results if r.status == "FAIL"]
+              + (f"  \n  diagnosis: {r.diagnosis}" if r.diagnosis else "") for r in results if r.status == "FAIL"]
     path.write_text("\n".join(lines).rstrip() + "\n")
 
 
@@ -106,7 +106,8 @@ def write_junit(results: Sequence[ParityResult], path: Path, snapshots: dict[tup
             if r.skipped:
                 ET.SubElement(case, "skipped", message=r.skipped)
             elif not r.passed:
-                ET.SubElement(case, "failure", message="; ".join(r.violations)).text = json.dumps(record(r), indent=2)
+                message = "; ".join(r.violations) + (f"; diagnosis: {r.diagnosis}" if r.diagnosis else "")
+                ET.SubElement(case, "failure", message=message).text = json.dumps(record(r), indent=2)
         snaps = {c: p for (f, c), p in snapshots.items() if f == family}
         for case_name, problems in snaps.items():
             case = ET.SubElement(suite, "testcase", classname=f"convparity.{family}.{case_name}", name="snapshot")

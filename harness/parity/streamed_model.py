@@ -86,6 +86,7 @@ class StreamedModel:
         five = importlib.util.find_spec("transformers.core_model_loading") is not None  # transformers 5's loading
         self._loader = (_Transformers5 if five else _Transformers4)(self.model, self.files, self.device, dtype)
         renamed = self._loader.rename()
+        self.renamed = renamed  # checkpoint key -> the parameter it loads into (diagnosis maps tensors to modules)
         self.units = _plan_units(self.model, self.model_dir, renamed)
         self._narrow = _narrow_params(self._meta, {renamed[k]: d for k, d in dtypes.items() if k in renamed})
         self._log = _InPlaceLog({id(p): n for n, p in self.model.named_parameters()})

@@ -27,7 +27,9 @@ import torch
 
 from harness.errors import ConversionError
 from harness.mapping.family import Family
+from harness.parity.localise import localise_streamed
 from harness.parity.metrics import DTYPES, compare_logits
+from harness.parity.observe import BOUND
 from harness.parity.parity import UpcastTensors, cuda_skip_reason, make_tokens
 from harness.parity.precision import float64_compute
 from harness.parity.streamed_model import StreamedModel
@@ -98,6 +100,7 @@ class VerifyResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     peak_rss_gib: float = 0.0
+    diagnosis: str | None = None  # on failure: the sub-module that disagrees (harness.parity.localise)
 
     @property
     def passed(self) -> bool:
@@ -165,9 +168,22 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     mask = torch.arange(tokens.shape[1])[None, :] < torch.tensor(lengths)[:, None]  # (B, T): not padding
     _judge(result, [ref[0], *ref[1][1:]], [exact[0], *exact[1][1:]], [out.logits, *out.block_states],
            model.block_names, mask, bound)
+    if not result.passed:
+        say("diagnosis: each sub-module on the reference's input (float32)")
+        result.diagnosis = _localise(family, checkpoint, model, tokens, result)
     result.seconds = time.perf_counter() - start
     result.peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result
+
+
+def _localise(family: Family, checkpoint: Any, model: StreamedModel, tokens: torch.Tensor,
+              result: VerifyResult) -> str:
+    """Teacher-forced localisation, in float32 only (in low precision every sub-module differs by rounding); a
+    sub-module is held to the diagnosis bound or the tightest block bound of this run, whichever is larger."""
+    if model.dtype != torch.float32:
+        return "localisation runs in float32: rerun with --compute-dtype float32 to name the sub-module"
+    bound = max(BOUND, min((c.bound for c in result.blocks), default=BOUND))
+    return localise_streamed(family, checkpoint, model, tokens, bound)
 
 
 def _judge(result: VerifyResult, ref: list[torch.Tensor], exact: list[torch.Tensor], got: list[torch.Tensor],
@@ -228,6 +244,7 @@ def format_result(r: VerifyResult) -> str:
                      f"block within its bound; smallest margin {worst:.1f}x")
     else:
         lines += [f"FAIL: {v}" for v in r.violations]
+        lines += [f"diagnosis: {r.diagnosis}"] if r.diagnosis else []
     lines.append(f"{r.seconds:.1f}s, peak RSS {r.peak_rss_gib:.2f} GiB")
     return "\n".join(lines)
 

@@ -1,0 +1,146 @@
+"""Diagnosis of a failed parity: where the bug is (teacher forcing) and what it probably is (the catalogue).
+
+For a failing case: the reference's named points are recorded once; each sub-module of the converted model is
+fed the reference's input at its point, and the first that disagrees is named with its error, the noise of the
+sub-modules that agree, and the converted tensors that feed it (``harness.parity.observe``). Then every applicable
+mutant of the catalogue is planted in the clean conversion of the same tiny source, observed the same way, and
+ranked by how alike its divergence signature is to the failure's (``harness.parity.signature``). Mutants whose
+signatures are the same on that case cannot be told apart there, and are reported together as one class.
+Catalogue signatures are cached per case and clean conversion, so a second failure of the case costs one load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.mapping.family import Family
+from harness.mutation.planting import about
+from harness.mutation.runner import CaseRun, mutants_for, plant, write_mutable
+from harness.parity.observe import BOUND, Finding, observe
+from harness.parity.points import Recording, Site, points_for, record, sites
+from harness.parity.signature import Signature, similarity
+
+__all__ = ["SAME", "Diagnosis", "Match", "catalogue", "diagnose", "rank"]
+
+SAME = 0.999  # signatures this alike are one class: the case cannot tell those mutants apart
+TOP = 5
+
+
+@dataclass
+class Match:
+    """One class of catalogue mutants, with its similarity to the observed failure."""
+
+    mutants: list[str]
+    about: str
+    score: float
+
+    def text(self) -> str:
+        return f"{' = '.join(self.mutants)}: {self.about} (match {self.score:.2f})"
+
+
+@dataclass
+class Diagnosis:
+    finding: Finding | None
+    matches: list[Match] = field(default_factory=list)
+    note: str = ""
+    seconds: float = 0.0
+    signature: Signature = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line: the sub-module, then the best matches (``likely: ...; next: ...``).
+
+        >>> Diagnosis(None, [Match(["swap_q_and_k"], "q/k swapped", 0.9)]).summary()
+        'likely: swap_q_and_k: q/k swapped (match 0.90)'
+        """
+        parts = [self.finding.text()] if self.finding else []
+        if self.matches:
+            parts.append("likely: " + self.matches[0].text())
+            parts += [f"next: {' = '.join(m.mutants)} ({m.score:.2f})" for m in self.matches[1:3]]
+        if self.note:
+            parts.append(self.note)
+        return "; ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"finding": None if self.finding is None else vars(self.finding),
+                "matches": [vars(m) for m in self.matches], "note": self.note, "seconds": self.seconds}
+
+
+def diagnose(family: Family, run: CaseRun, model_dir: Path, workdir: Path, use_catalogue: bool = True
+             ) -> Diagnosis | None:
+    """Diagnose the conversion in ``model_dir`` of ``run``'s source; None when every sub-module agrees.
+
+    ``run`` is the case as ``harness.mutation.runner.prepare`` makes it (source, clean conversion, tokens); the
+    catalogue is planted in ``run.clean``.
+    """
+    start = time.perf_counter()
+    recording, where = _points(family, run)
+    observed = observe(family, model_dir, run.tokens, recording, where, _bound())
+    if not observed.signature:
+        return None
+    matches = rank(observed.signature, catalogue(family, run, workdir)) if use_catalogue else []
+    return Diagnosis(observed.finding, matches, seconds=time.perf_counter() - start, signature=observed.signature)
+
+
+def catalogue(family: Family, run: CaseRun, workdir: Path) -> list[tuple[str, str, Signature]]:
+    """(mutant, what it plants, signature) for every mutant that changes and breaks ``run``'s conversion."""
+    key = (family.name, run.name, _fingerprint(run))
+    if key not in _CATALOGUES:
+        recording, where = _points(family, run)
+        found = []
+        for mutant in mutants_for(family):
+            m = plant(mutant, run.clean)
+            if m.same_as(run.clean):
+                continue
+            with tempfile.TemporaryDirectory(dir=workdir) as d:
+                write_mutable(m, Path(d) / "hf", torch.float32)
+                sig = observe(family, Path(d) / "hf", run.tokens, recording, where, _bound()).signature
+            if sig:
+                found.append((mutant.__name__, about(mutant), sig))
+        _CATALOGUES[key] = found
+    return _CATALOGUES[key]
+
+
+def rank(observed: Signature, candidates: list[tuple[str, str, Signature]]) -> list[Match]:
+    """Classes of candidates, best match first; members of a class have signatures at least ``SAME`` alike."""
+    scored = sorted(((similarity(observed, sig), name, what, sig) for name, what, sig in candidates),
+                    key=lambda s: -s[0])
+    matches, taken = [], set()
+    for score, name, what, sig in scored:
+        if name in taken:
+            continue
+        members = [n for _, n, _, s in scored if n not in taken and similarity(sig, s) >= SAME]
+        taken.update(members)
+        matches.append(Match(members, what, round(score, 3)))
+    return matches[:TOP]
+
+
+_CATALOGUES: dict[tuple[str, str, str], list[tuple[str, str, Signature]]] = {}
+_POINTS: dict[tuple[str, str, str], tuple[Recording, list[Site]]] = {}
+
+
+def _points(family: Family, run: CaseRun) -> tuple[Recording, list[Site]]:
+    key = (family.name, run.name, _fingerprint(run))
+    if key not in _POINTS:
+        recording = record(family, run.source, run.tokens)
+        _POINTS[key] = recording, sites(points_for(family), recording)
+    return _POINTS[key]
+
+
+def _bound() -> float:
+    return BOUND
+
+
+def _fingerprint(run: CaseRun) -> str:
+    digest = hashlib.sha256(json.dumps(run.clean.config, sort_keys=True, default=str).encode())
+    for name, t in run.clean.tensors.items():
+        digest.update(name.encode() + bytes(t.contiguous().view(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
