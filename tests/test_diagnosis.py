@@ -24,12 +24,13 @@ from harness.mutation.on_failure import diagnose_case
 from harness.mutation.runner import cases_for, plant, prepare, write_mutable
 from harness.parity.metrics import compare_logits, tolerance_for
 from harness.parity.parity import ParityResult, UpcastTensors, load_converted
-from harness.parity.points import points_for, record, sites
+from harness.parity.points import points_for, record, sites, unsupported
 from harness.parity.report import write_junit, write_markdown
 from harness.parity.signature import Mark, similarity
 from harness.registry import families, family
 
 FAMILIES = families()
+pytestmark = pytest.mark.skipif(unsupported() is not None, reason=unsupported() or "")
 CASES = [(f, c) for f, fam in FAMILIES.items() for c in cases_for(fam)]
 
 

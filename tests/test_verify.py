@@ -26,6 +26,7 @@ from harness.errors import ConversionError
 from harness.mapping.output import write_converted
 from harness.parity.localise import NO_CATALOGUE
 from harness.parity.parity import UpcastTensors, load_converted, make_tokens
+from harness.parity.points import unsupported
 from harness.parity.streamed_model import StreamedModel
 from harness.parity.verify import read_input_ids, verify
 from harness.registry import families
@@ -50,7 +51,7 @@ def test_streamed_model_equals_from_pretrained_bit_for_bit(family: str, case: st
         model_dir = tmp_path / "hf"
         write_converted(FAMILIES[family].convert(rt.source), model_dir, dtype=storage)
     tokens = make_tokens(rt.vocab_size)
-    streamed = StreamedModel(model_dir, loading=getattr(FAMILIES[family], "loading", None))
+    streamed = StreamedModel(model_dir, loading=FAMILIES[family].loading)
     with torch.no_grad():
         expected = load_converted(model_dir, "cpu", "float32", FAMILIES[family])(tokens).logits
     out = streamed(tokens)
@@ -85,12 +86,15 @@ def test_verify_passes_on_check_cases(family: str, case: str, compute: str, conv
 def test_verify_fails_on_one_altered_tensor_and_names_its_block(family: str, case: str, alteration: str, tmp_path: Path,
                                                                 convparity_round_trip: Callable) -> None:
     rt = convparity_round_trip(family, case)
-    block = StreamedModel(rt.model_dir, loading=getattr(FAMILIES[family], "loading", None)).block_names[-1]
+    block = StreamedModel(rt.model_dir, loading=FAMILIES[family].loading).block_names[-1]
     altered = _alter(rt.model_dir, tmp_path / "hf", block, alteration)
     result = verify(FAMILIES[family], _source(rt), altered)
     assert not result.passed
     assert result.first_divergent == block
     assert result.violations[0].startswith(f"first divergent block {block}: max abs ")
+    if unsupported() is not None:  # transformers 4.x: diagnosis says it cannot run rather than misplace a bug
+        assert result.diagnosis == unsupported()
+        return
     # teacher-forced localisation names a sub-module inside that block, and says why it names no likely bug
     assert result.diagnosis is not None and f" ({block}." in result.diagnosis.split(" disagrees")[0]
     assert result.diagnosis.endswith(NO_CATALOGUE)

@@ -22,7 +22,7 @@ from harness.mutation.diagnosis import diagnose
 from harness.mutation.planting import Mutable
 from harness.mutation.runner import CaseRun, cases_for, evaluate, mutants_for, plant, prepare, write_mutable
 from harness.parity.parity import load_converted
-from harness.parity.points import points_for, record, sites
+from harness.parity.points import points_for, record, sites, unsupported
 from harness.parity.report import write_document
 from harness.parity.streamed_model import StreamedModel
 from harness.parity.teacher import feeds
@@ -77,6 +77,9 @@ def run_accuracy(family: Family, workdir: Path, quiet: bool = True) -> list[Tria
 def run_diagnose(families: list[Family], json_path: Path | None = None, quiet: bool = False) -> int:
     """``convparity mutate --diagnose``: the accuracy table; 1 if a family misses a target or a clean conversion
     is diagnosed."""
+    if (why := unsupported()) is not None:
+        print(f"convparity mutate --diagnose: {why}")
+        return 1
     start = time.perf_counter()
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="convparity-diagnose-") as d:

@@ -16,6 +16,7 @@ from harness.mutation.diagnosis import diagnose
 from harness.mutation.runner import cases_for, prepare
 from harness.parity.check import RoundTrip
 from harness.parity.parity import ParityResult
+from harness.parity.points import unsupported
 
 __all__ = ["AGREE", "Diagnoser", "diagnose_case"]
 
@@ -25,6 +26,8 @@ AGREE = ("every sub-module agrees with the reference in float32 when fed its inp
 
 def diagnose_case(family: Family, case: str, model_dir: Path) -> str:
     """The diagnosis of ``model_dir``, a conversion of ``case``'s tiny source, as one line."""
+    if (why := unsupported()) is not None:
+        return why
     with tempfile.TemporaryDirectory(prefix="convparity-diagnose-") as d:
         run = prepare(family, case, cases_for(family)[case], Path(d))
         found = diagnose(family, run, model_dir, Path(d))

@@ -15,7 +15,7 @@ import torch
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.family import Family
 from harness.parity.observe import first_finding
-from harness.parity.points import points_for, record, sites
+from harness.parity.points import points_for, record, sites, unsupported
 from harness.parity.streamed_model import StreamedModel
 from harness.parity.teacher import teacher_force
 
@@ -28,6 +28,8 @@ NO_CATALOGUE = ("localisation only: a real checkpoint has no clean conversion to
 def localise_streamed(family: Family, checkpoint: SourceCheckpoint, model: StreamedModel, tokens: torch.Tensor,
                       bound: float) -> str:
     """One line: the first sub-module that disagrees by more than ``bound`` (relative), or that none does."""
+    if (why := unsupported()) is not None:
+        return why
     recording = record(family, checkpoint, tokens.cpu())
     where = sites(points_for(family), recording)
     readings = teacher_force(_Forward(model), tokens, recording, where, bound)

@@ -18,7 +18,7 @@ from harness.mapping.family import Family
 from harness.mapping.points import Point
 from harness.parity.parity import UpcastTensors
 
-__all__ = ["Point", "Recording", "Site", "points_for", "record", "sites"]
+__all__ = ["Point", "Recording", "Site", "points_for", "record", "sites", "unsupported"]
 
 Recording = dict[str, tuple[torch.Tensor, torch.Tensor]]  # point name -> (input, output), in forward order
 
@@ -32,6 +32,19 @@ class Site:
     config: tuple[str, ...]
     about: str
     depth: int  # how many other sites' modules contain this one: teacher forcing runs one depth at a time
+
+
+def unsupported() -> str | None:
+    """Why diagnosis cannot run with the installed transformers, or None when it can.
+
+    The families' points name transformers 5's sub-modules: 4.x calls Mixtral's MoE block ``block_sparse_moe``
+    and scales Gemma's embeddings outside ``embed_tokens``, so its modules would be compared at the wrong points.
+    """
+    from importlib.metadata import version
+
+    major = int(version("transformers").split(".")[0])
+    return None if major >= 5 else (f"no diagnosis: the named points map to transformers 5's sub-modules, and "
+                                     f"transformers {version('transformers')} is installed")
 
 
 def points_for(family: Family) -> list[Point]:
