@@ -13,7 +13,7 @@ import pytest
 
 HARNESS = Path(__file__).resolve().parent.parent / "harness"
 ORDER = ["io", "mapping", "parity", "mutation"]  # each may import only those before it
-SHARED = {"errors", "signals", "terminal", "_lazy"}  # small helpers any layer may use
+SHARED = {"errors", "signals", "terminal", "lazy"}  # small helpers any layer may use
 NO_TRANSFORMERS = {"io", "mapping"}
 
 

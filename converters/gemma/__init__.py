@@ -3,8 +3,8 @@
 from converters.gemma import mutants, points
 from converters.gemma.convert import CONFIG, KEYS, convert, invert
 from converters.gemma.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
+from harness.lazy import lazy_function
 from harness.mapping.family import Family
-from harness.mapping.lazy import lazy_function
 
 __all__ = ["FAMILY"]
 

@@ -3,8 +3,8 @@
 from converters.gpt_sw3 import mutants, points
 from converters.gpt_sw3.convert import CONFIG, KEYS, convert, invert
 from converters.gpt_sw3.source import CASES, OPTIONS, SIZES, UPSTREAM_OPTIONS, read, shapes, tiny, write
+from harness.lazy import lazy_function
 from harness.mapping.family import Family
-from harness.mapping.lazy import lazy_function
 
 __all__ = ["FAMILY"]
 

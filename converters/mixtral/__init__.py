@@ -3,8 +3,8 @@
 from converters.mixtral import mutants, points
 from converters.mixtral.convert import CONFIG, KEYS, convert, invert
 from converters.mixtral.source import CASES, SIZES, read, shapes, tiny, write
+from harness.lazy import lazy_function
 from harness.mapping.family import Family
-from harness.mapping.lazy import lazy_function
 
 __all__ = ["FAMILY"]
 

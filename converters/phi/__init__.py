@@ -3,8 +3,8 @@
 from converters.phi import mutants, points
 from converters.phi.convert import CONFIG, KEYS, convert, invert
 from converters.phi.source import CASES, SIZES, read, shapes, tiny, write
+from harness.lazy import lazy_function
 from harness.mapping.family import Family
-from harness.mapping.lazy import lazy_function
 
 __all__ = ["FAMILY"]
 

@@ -4,8 +4,8 @@ from converters.rwkv import mutants, points
 from converters.rwkv.convert import CONFIG, KEYS, convert, invert
 from converters.rwkv.loading import loading
 from converters.rwkv.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
+from harness.lazy import lazy_function
 from harness.mapping.family import Family
-from harness.mapping.lazy import lazy_function
 
 __all__ = ["FAMILY"]
 

@@ -13,7 +13,7 @@ NaN/Inf refusal (``finite``), staging and stale partial outputs (``staging``), c
 Hub sources (``hub``). This layer imports nothing above it and never imports transformers.
 """
 
-from harness._lazy import lazy_exports
+from harness.lazy import lazy_exports
 
 __all__ = ["DTYPES", "TensorSpec", "TensorStore", "index_shards", "load_pickle", "open_torch", "open_weights",
            "random_normal", "random_weights", "read_bytes", "read_json_config", "state_dict_problem"]

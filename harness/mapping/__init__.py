@@ -12,7 +12,7 @@ What a family author uses (``from harness.mapping import KeyMap``; imported on f
 Imports only ``harness.io`` below it, never transformers.
 """
 
-from harness._lazy import lazy_exports
+from harness.lazy import lazy_exports
 
 __all__ = ["Case", "ConfigMap", "Converted", "Family", "Field", "KeyMap", "Layouts", "MutationCase", "SourceCheckpoint",
            "Step", "convert_with", "invert_with"]

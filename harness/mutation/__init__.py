@@ -7,7 +7,7 @@ imported on first use): ``Catalogue`` (``MUTANTS = Catalogue()``, then ``@MUTANT
 (``harness.mutation.runner``) plants each in every case and holds it to parity.
 """
 
-from harness._lazy import lazy_exports
+from harness.lazy import lazy_exports
 
 __all__ = ["Catalogue", "Mutable", "Mutant", "config_items", "rerun", "set_config", "swap_blocks", "swap_names"]
 
