@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
 from harness.io.source_files import index_shards, read_json_config
 from harness.io.tensor_store import TensorStore, open_torch
-from harness.io.tiny import random_weights
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.family import Case
 from harness.mapping.transforms import quantize
+
+if TYPE_CHECKING:  # reading a checkpoint needs no torch; making or writing one imports it
+    import torch
 
 __all__ = ["CASES", "CONTAINERS", "DEFAULTS", "GELU", "OPTIONS", "SIZES", "read", "shapes", "tiny", "write"]
 
@@ -96,6 +96,8 @@ def shapes(config: dict[str, Any], layout: str = "default") -> dict[str, tuple[i
 
 def tiny(seed: int = 0, layout: str = "default", freqs_cis: bool = True, **overrides: Any) -> SourceCheckpoint:
     """A random Gemma 1; ``layout="quant"`` (or ``quant=True``) stores int8 weights as ``quant=True`` does."""
+    from harness.io.tiny import random_weights
+
     config = {**TINY, **overrides, **({"quant": True} if layout == "quant" else {})}
     floats = {k: s for k, s in shapes(config).items() if k != "freqs_cis" and not k.endswith("_scaler")}
     norms = ["*norm.weight"]
@@ -139,6 +141,8 @@ def read(path: Path, config: Path | None = None, *, variant: str | None = None, 
 
 def write(checkpoint: SourceCheckpoint, path: Path, container: str = "ckpt", shards: int = 2) -> None:
     """``config.json`` plus ``model.ckpt`` ({'model_state_dict': ...}) or an index + plain-dict shards."""
+    import torch
+
     container = "ckpt" if container == "default" else container
     if container not in CONTAINERS:
         raise ConversionError(f"unknown container {container!r}; choose one of {', '.join(CONTAINERS)}")
@@ -189,6 +193,8 @@ def _check_gemma_1(params: dict[str, Any], file: Path) -> None:
 
 def _freqs_cis(head_dim: int, n: int) -> torch.Tensor:
     """model.py L91-101 ``precompute_freqs_cis`` (theta 10000): the buffer released checkpoints carry."""
+    import torch
+
     # Computed in float64 and rounded once, so that the stored buffer has the same bits on every CPU.
     inv_freq = 1.0 / 10000.0 ** (torch.arange(0, head_dim, 2)[: head_dim // 2].double() / head_dim)
     angles = torch.outer(torch.arange(n).double(), inv_freq)  # (n, head_dim/2)

@@ -135,7 +135,7 @@ def convert(source: SourceCheckpoint) -> Converted:
     keys = KEYS.pick(generation(source.config) if source.layout == "default" else source.layout)
     config, notes = dict(source.config), list(source.notes)
     if config.get("vocab_size", -1) <= 0 and "output.weight" in source.tensors:
-        shape = source.tensors.meta("output.weight")[0]  # (ranks, rows, dim): the ledger checks the rest
+        shape = source.tensors.raw_meta("output.weight")[0]  # (ranks, rows, dim): the ledger checks the rest
         config["vocab_size"] = shape[0] * shape[1] if len(shape) == 3 else -1
         notes.append(f"params.json vocab_size {source.config.get('vocab_size')}: {config['vocab_size']} from "
                      "output.weight")

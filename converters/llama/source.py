@@ -17,14 +17,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from converters.llama import tokenizer
 from converters.llama.ranks import local_shape, model_parallel_size, open_ranks, rank_files, reshard, split_dim
 from harness.errors import ConversionError
 from harness.io.source_files import read_json_config
 from harness.io.tensor_store import TensorStore
-from harness.io.tiny import random_weights
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.family import Case
 
@@ -33,7 +30,7 @@ __all__ = ["CASES", "LAYOUTS", "OPTIONS", "SIZES", "ffn_hidden_dim", "generation
 
 PARAMS, TOKENIZER = "params.json", "tokenizer.model"
 LAYOUTS = ("llama2", "llama3")
-STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORAGE = ("float32", "bfloat16", "float16")  # what ``tiny`` stores its weights as
 # Extra `convparity convert llama` flags, passed to `read`.
 OPTIONS = {"--check-tokenizer": dict(action="store_true", help="refuse to convert unless tokenizer.model is present "
                                      "and its conversion is checked against sentencepiece / tiktoken")}
@@ -139,6 +136,12 @@ def tiny(seed: int = 0, layout: str = "default", storage: str = "float32", n_wor
          **overrides: Any) -> SourceCheckpoint:
     """A random one-rank Llama; ``vocab_size=-1`` takes ``n_words`` rows (a tokenizer's size), a None value leaves
     its field out of params.json; ``write`` splits it into any number of rank files."""
+    import torch
+
+    from harness.io.tiny import random_weights
+
+    if storage not in STORAGE:
+        raise ConversionError(f"unknown storage {storage!r}; choose one of {', '.join(STORAGE)}")
     config = {k: v for k, v in {**TINY, **overrides}.items() if v is not None}
     layout = generation(config) if layout == "default" else layout
     rows = config["vocab_size"] if config["vocab_size"] > 0 else n_words
@@ -148,7 +151,7 @@ def tiny(seed: int = 0, layout: str = "default", storage: str = "float32", n_wor
     if "rope.freqs" in weights:  # its real values (1 / 10000^(2i/head_dim)), though nothing reads them
         half = weights["rope.freqs"].shape[-1]
         weights["rope.freqs"] = (1.0 / 10000.0 ** (torch.arange(half) / half))[None]
-    tensors = {k: t.to(STORAGE[storage]) for k, t in weights.items()}
+    tensors = {k: t.to(getattr(torch, storage)) for k, t in weights.items()}
     return SourceCheckpoint(config, TensorStore.from_dict(tensors), layout)
 
 
@@ -182,6 +185,8 @@ def write(checkpoint: SourceCheckpoint, path: Path, container: str = "default") 
     layout = checkpoint.layout if checkpoint.layout in LAYOUTS else generation(checkpoint.config)
     path.mkdir(parents=True, exist_ok=True)
     (path / PARAMS).write_text(json.dumps(checkpoint.config) + "\n")
+    import torch
+
     stacked = {k: reshard(k, checkpoint.tensors[k], ranks, layout) for k in checkpoint.tensors}
     for r in range(ranks):  # clone: torch.save writes a view's whole storage
         torch.save({k: t[r].clone() for k, t in stacked.items()}, path / f"consolidated.{r:02d}.pth")

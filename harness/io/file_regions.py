@@ -19,7 +19,7 @@ from harness.io.raw_dtypes import as_torch
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FileRegion", "copy_region", "nbytes"]
+__all__ = ["FileRegion", "copy_region", "merged_spans", "nbytes"]
 
 _COPY_CHUNK = 1 << 26  # bytes per copy_file_range / sendfile call, and per buffered read when neither works
 
@@ -64,6 +64,30 @@ def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def merged_spans(regions: list[FileRegion]) -> list[FileRegion]:
+    """``regions`` merged where they touch in their file, in file order: the source bytes they cover, as few
+    regions as can hold them (what a scan of the bytes reads).
+
+    >>> from harness.io.raw_dtypes import BY_NAME
+    >>> u8 = BY_NAME["uint8"]
+    >>> spans = merged_spans([FileRegion(Path("f"), o, (2,), u8) for o in (2, 0, 6)])
+    >>> [(s.offset, s.nbytes) for s in spans]
+    [(0, 4), (6, 2)]
+    """
+    out: list[FileRegion] = []
+    for region in sorted(regions, key=lambda r: (str(r.path), r.offset)):
+        last = out[-1] if out else None
+        if last is not None and last.path == region.path and last.offset + last.nbytes == region.offset:
+            out[-1] = _flat(last.path, last.offset, last.nbytes + region.nbytes, region.dtype)
+        else:
+            out.append(_flat(region.path, region.offset, region.nbytes, region.dtype))
+    return out
+
+
+def _flat(path: Path, offset: int, length: int, dtype: torch.dtype) -> FileRegion:
+    return FileRegion(path, offset, (length // dtype.itemsize,), dtype)
 
 
 def copy_region(region: FileRegion, fd: int, offset: int) -> None:

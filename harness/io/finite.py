@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harness.errors import ConversionError
+from harness.io.assembly import Assembly
 from harness.io.file_regions import FileRegion
+from harness.io.payload import IN_FILES, Payload
 from harness.io.raw_dtypes import raw_dtype
 from harness.io.row_gather import RowGather
 
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["count_nonfinite", "refuse_nonfinite"]
 
-Payload = Union["torch.Tensor", FileRegion, RowGather]
 _SCAN_BYTES = 1 << 24
 
 
@@ -37,7 +38,7 @@ def count_nonfinite(payload: Payload) -> int:
     >>> count_nonfinite(torch.tensor([1.0, float("nan"), float("inf"), -2.0]))
     2
     """
-    if isinstance(payload, RowGather):
+    if isinstance(payload, (RowGather, Assembly)):  # before a cast: what the torch path checks too
         return sum(_scan_region(span) for span in payload.spans())
     if isinstance(payload, FileRegion):
         return _scan_region(payload)
@@ -56,7 +57,7 @@ def refuse_nonfinite(stream: Iterator[tuple[str, Payload]], *, allow: bool = Fal
     found: dict[str, Future[int] | int] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convparity-finite") as pool:
         for name, payload in stream:
-            found[name] = pool.submit(count_nonfinite, payload) if isinstance(payload, (FileRegion, RowGather)) \
+            found[name] = pool.submit(count_nonfinite, payload) if isinstance(payload, IN_FILES) \
                 else count_nonfinite(payload)
             yield name, payload
         counts = {name: n if isinstance(n, int) else n.result() for name, n in found.items()}

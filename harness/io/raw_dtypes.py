@@ -54,6 +54,8 @@ _ALL = [
     RawDType("bfloat16", "BF16", 2, (0x7FFF, 0x7F80)),
     RawDType("int64", "I64", 8), RawDType("int32", "I32", 4), RawDType("int16", "I16", 2), RawDType("int8", "I8", 1),
     RawDType("uint8", "U8", 1), RawDType("bool", "BOOL", 1),
+    # Complex buffers (gemma_pytorch's freqs_cis) are only ever dropped: indexed so that reading needs no torch.
+    RawDType("complex64", "C64", 8),
 ]
 BY_NAME = {d.name: d for d in _ALL}
 CAST_DTYPES = ("float32", "bfloat16", "float16")  # what ``convert --dtype`` and the parity matrix offer
@@ -63,7 +65,7 @@ BY_STORAGE = {
     "DoubleStorage": BY_NAME["float64"], "FloatStorage": BY_NAME["float32"], "HalfStorage": BY_NAME["float16"],
     "BFloat16Storage": BY_NAME["bfloat16"], "LongStorage": BY_NAME["int64"], "IntStorage": BY_NAME["int32"],
     "ShortStorage": BY_NAME["int16"], "CharStorage": BY_NAME["int8"], "ByteStorage": BY_NAME["uint8"],
-    "BoolStorage": BY_NAME["bool"],
+    "BoolStorage": BY_NAME["bool"], "ComplexFloatStorage": BY_NAME["complex64"],
 }
 
 

@@ -10,10 +10,9 @@ import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from harness.io.file_regions import FileRegion, copy_region, nbytes
+from harness.io.file_regions import FileRegion, copy_region, merged_spans, nbytes
 
 __all__ = ["RowGather", "write_gather"]
 
@@ -35,22 +34,8 @@ class RowGather:
         return nbytes(self.shape, self.dtype)
 
     def spans(self) -> list[FileRegion]:
-        """The parts merged where they touch in their file, in file order: the source bytes the tensor covers.
-
-        >>> from harness.io.raw_dtypes import BY_NAME
-        >>> u8 = BY_NAME["uint8"]
-        >>> g = RowGather(tuple(FileRegion(Path("f"), o, (2,), u8) for o in (2, 0, 6)), (6,), u8)
-        >>> [(s.offset, s.nbytes) for s in g.spans()]
-        [(0, 4), (6, 2)]
-        """
-        out: list[FileRegion] = []
-        for part in sorted(self.parts, key=lambda p: (str(p.path), p.offset)):
-            last = out[-1] if out else None
-            if last is not None and last.path == part.path and last.offset + last.nbytes == part.offset:
-                out[-1] = _flat(last.path, last.offset, last.nbytes + part.nbytes, part.dtype)
-            else:
-                out.append(_flat(part.path, part.offset, part.nbytes, part.dtype))
-        return out
+        """The source bytes the tensor covers, merged where parts touch (``merged_spans``)."""
+        return merged_spans(list(self.parts))
 
 
 def write_gather(gather: RowGather, fd: int, offset: int) -> None:
@@ -107,6 +92,3 @@ def _adjacent(pending: list[tuple[FileRegion, int]]) -> Iterator[list[tuple[File
     if group:
         yield group
 
-
-def _flat(path: Path, offset: int, length: int, dtype: Any) -> FileRegion:
-    return FileRegion(path, offset, (length // dtype.itemsize,), dtype)

@@ -57,11 +57,19 @@ class TensorStore(Mapping[str, "torch.Tensor"]):
     """
 
     def __init__(self, loaders: Mapping[str, Callable[[], torch.Tensor]], metas: Mapping[str, TensorMeta],
-                 origins: Mapping[str, str] | None = None, regions: Mapping[str, FileRegion] | None = None) -> None:
+                 origins: Mapping[str, str] | None = None, regions: Mapping[str, FileRegion] | None = None,
+                 parts: Mapping[str, tuple[FileRegion, ...]] | None = None) -> None:
         self._loaders = dict(loaders)
         self._metas = dict(metas)
         self.origins = dict(origins or {})  # name -> file that holds it, for error messages
         self.regions = dict(regions or {})  # name -> where its raw bytes sit, for tensors stored contiguously
+        # name -> the regions whose bytes, end to end, are the tensor's (rank files stacked): no one mapping holds it
+        self.parts = dict(parts or {})
+
+    def byte_parts(self, name: str) -> tuple[FileRegion, ...] | None:
+        """The file regions that hold ``name``'s bytes in order, or None where they are not all in files as is."""
+        region = self.regions.get(name)
+        return (region,) if region is not None else self.parts.get(name)
 
     @classmethod
     def from_dict(cls, tensors: Mapping[str, torch.Tensor], origin: str = "<memory>") -> TensorStore:
@@ -77,6 +85,7 @@ class TensorStore(Mapping[str, "torch.Tensor"]):
         metas: dict[str, TensorMeta] = {}
         origins: dict[str, str] = {}
         regions: dict[str, FileRegion] = {}
+        parts: dict[str, tuple[FileRegion, ...]] = {}
         for store in stores:
             clash = sorted(set(store._loaders) & set(loaders))
             if clash:
@@ -87,7 +96,8 @@ class TensorStore(Mapping[str, "torch.Tensor"]):
             metas.update(store._metas)
             origins.update(store.origins)
             regions.update(store.regions)
-        return cls(loaders, metas, origins, regions)
+            parts.update(store.parts)
+        return cls(loaders, metas, origins, regions, parts)
 
     def meta(self, name: str) -> TensorMeta:
         """Shape and ``torch.dtype`` of ``name`` without reading its data."""

@@ -4,7 +4,8 @@ The shard plan is computed from names, shapes and dtypes alone; every shard's he
 before its data, so each tensor is written the moment it is produced and then freed: peak memory is about
 one tensor, whatever the size of the model or of a shard. A tensor whose bytes pass through unchanged arrives
 as a ``FileRegion`` (or, reordered by rows, a ``RowGather`` of regions) and is copied from the source file in the
-kernel, never through Python; a conversion made only of those never imports torch. Everything goes
+kernel, never through Python; one that is transposed, joined from rank files or cast arrives as an ``Assembly``
+and is computed in chunks from the files; a conversion made only of those never imports torch. Everything goes
 into a temporary sibling directory (``harness.io.staging``) that is renamed into place at the end; a failure
 removes it, leaving nothing behind.
 """
@@ -18,10 +19,12 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
+from harness.io.assembly import Assembly, write_assembly
 from harness.io.file_regions import FileRegion, copy_region
+from harness.io.payload import Payload
 from harness.io.raw_dtypes import raw_dtype
 from harness.io.row_gather import RowGather, write_gather
 from harness.io.staging import staged_directory
@@ -33,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Payload", "ShardPlan", "parse_size", "plan_shards", "write_model_dir"]
 
 _CAST_CHUNK = 1 << 24  # elements cast at a time: a --dtype cast holds one chunk, not the tensor twice
-Payload = Union["torch.Tensor", FileRegion, RowGather]
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -87,7 +89,8 @@ def write_model_dir(output: Path, config: Mapping[str, Any], specs: list[TensorS
     exist yet.
 
     ``payloads`` must arrive in the order of ``specs`` with matching shapes. A tensor is written from memory,
-    a ``FileRegion`` is copied file to file in the kernel; either is cast (in chunks) to its spec's dtype.
+    a ``FileRegion`` is copied file to file in the kernel; either is cast (in chunks) to its spec's dtype. An
+    ``Assembly`` arrives already planned in its spec's dtype and is computed from the source files.
     """
     plan = plan_shards(specs, max_shard_size)
     with staged_directory(output) as staging:
@@ -129,6 +132,8 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
             copy_region(payload, fd, offset)
         elif isinstance(payload, RowGather) and payload.dtype == spec.dtype:
             write_gather(payload, fd, offset)
+        elif isinstance(payload, Assembly):  # computed and cast without torch, to the planned dtype
+            write_assembly(payload, fd, offset)
         else:
             tensor = payload.mapped() if isinstance(payload, FileRegion) else payload  # (a gather is never cast)
             _write_tensor(fd, tensor.detach().to("cpu"), spec.dtype, offset)

@@ -1,11 +1,13 @@
-"""Conversions that only move bytes, planned and streamed without torch.
+"""Conversions that rearrange bytes, planned and written without torch.
 
-When every step of a conversion is a rule with a row plan (``harness.mapping.row_plans``: renames, the rotary row
-permutation, row blocks), every source tensor it reads lies contiguously in its file, and no cast is asked for
-(or a cast to the dtype the tensors already have), each output is a run or a gather of runs of source bytes:
-its shard header comes from the shapes alone and its bytes go file to file. Such a conversion never imports
-torch. Anything else (a transpose, a dequantization, a cast, tensors that need loading) returns None here and
-takes the torch path, which writes the same bytes (``tests/test_raw_conversion.py`` checks it file for file).
+When every step of a conversion is a rule with a byte plan (``harness.mapping.byte_plans``: renames, row
+permutations and blocks, transposes, model-parallel joins), every source tensor it reads lies in its files as is
+(one region, or one region per rank file), and a ``--dtype`` cast, if any, is between float32, bfloat16 and
+float16, each output is made of source regions: its shard header comes from the shapes alone. An output that is
+its regions end to end goes file to file in the kernel; one that transposes, joins or casts is computed in
+chunks with numpy (``harness.io.assembly``). Such a conversion never imports torch. Anything else (dequantization,
+a regrouped transpose, tensors that need loading) returns None here and takes the torch path, which writes the
+same bytes (``tests/test_raw_conversion.py`` checks it file for file).
 """
 
 from __future__ import annotations
@@ -13,48 +15,114 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from harness.io.assembly import Assembly, Interleaved
+from harness.io.assembly import Transposed as TransposedRegion
+from harness.io.bit_casts import CASTABLE
 from harness.io.file_regions import FileRegion
-from harness.io.raw_dtypes import RawDType
+from harness.io.raw_dtypes import BY_NAME, RawDType
 from harness.io.row_gather import RowGather
 from harness.io.tensor_store import TensorSpec
+from harness.mapping.byte_plans import Join, Piece, Run, Transposed, byte_plan
 from harness.mapping.conversion import Converted
 from harness.mapping.keymap import FLOATING
-from harness.mapping.row_plans import row_plan
 
 __all__ = ["RawConversion", "raw_conversion"]
+
+Payload = FileRegion | RowGather | Assembly
 
 
 @dataclass(frozen=True)
 class RawConversion:
-    """Every output's spec and the file bytes it is made of, in the order the writer takes them."""
+    """Every output's spec and its payload (regions to copy, or an assembly to compute), in the writer's order."""
 
     specs: list[TensorSpec]
-    parts: list[tuple[FileRegion, ...]]
+    outputs: list[Payload]
 
-    def payloads(self) -> Iterator[tuple[str, FileRegion | RowGather]]:
-        for spec, parts in zip(self.specs, self.parts, strict=True):
-            whole = len(parts) == 1
-            yield spec.name, parts[0].sub(0, spec.shape, spec.dtype) if whole else RowGather(parts, spec.shape,
-                                                                                             spec.dtype)
+    def payloads(self) -> Iterator[tuple[str, Payload]]:
+        for spec, payload in zip(self.specs, self.outputs, strict=True):
+            yield spec.name, payload
 
 
 def raw_conversion(converted: Converted, dtype: str | None = None) -> RawConversion | None:
     """The byte plan of ``converted`` written as ``dtype`` (None: as stored), or None when a step computes."""
-    store, specs, parts = converted.source, [], []
+    store, specs, outputs = converted.source, [], []
+    target = BY_NAME.get(dtype) if dtype is not None else None
     for step in converted.steps:
         metas = [store.raw_meta(k) for k in step.sources]
-        regions = [store.regions.get(k) for k in step.sources]
+        parts = [store.byte_parts(k) for k in step.sources]
         dtypes = {d for _, d in metas}
-        if len(dtypes) != 1 or any(r is None for r in regions):
+        if len(dtypes) != 1 or any(p is None for p in parts):
             return None
         (kind,) = dtypes
-        if not isinstance(kind, RawDType) or kind.name not in FLOATING or dtype not in (None, kind.name):
+        if not isinstance(kind, RawDType) or kind.name not in FLOATING:
             return None
-        plan = row_plan(step.rule, [shape for shape, _ in metas], converted.dims)
+        written = target or kind
+        if written != kind and (kind.name not in CASTABLE or written.name not in CASTABLE):
+            return None
+        plan = byte_plan(step.rule, [shape for shape, _ in metas], converted.dims)
         if plan is None or len(plan) != len(step.targets):
             return None
-        for name, (shape, runs) in zip(step.targets, plan, strict=True):
-            specs.append(TensorSpec(name, shape, kind))
-            parts.append(tuple(regions[i].sub(first * kind.itemsize, (count,), kind)  # type: ignore[union-attr]
-                               for i, first, count in runs))
-    return RawConversion(specs, parts)
+        for name, (shape, pieces) in zip(step.targets, plan, strict=True):
+            placed = _placed(pieces, parts, kind)  # type: ignore[arg-type]
+            if placed is None:
+                return None
+            specs.append(TensorSpec(name, shape, written))
+            outputs.append(_payload(placed, shape, kind, written))
+    return RawConversion(specs, outputs)
+
+
+_Placed = FileRegion | TransposedRegion | Interleaved
+
+
+def _placed(pieces: list[Piece], parts: list[tuple[FileRegion, ...]], kind: RawDType) -> list[_Placed] | None:
+    """The plan's pieces as regions of the source files; None where a transposed or joined block would straddle
+    two files (never for the layouts the families write: each rank file holds whole slices)."""
+    out: list[_Placed] = []
+    size = kind.itemsize
+    for piece in pieces:
+        if isinstance(piece, Run):
+            out.extend(_cut(parts[piece.input], piece.first * size, piece.count * size, (piece.count,)))
+        elif isinstance(piece, Transposed):
+            block = _cut(parts[piece.input], piece.first * size, piece.rows * piece.cols * size,
+                         (piece.rows, piece.cols))
+            if len(block) != 1:
+                return None
+            out.append(TransposedRegion(block[0]))
+        else:
+            assert isinstance(piece, Join)
+            total = sum(p.nbytes for p in parts[piece.input])
+            step = total // piece.blocks
+            blocks = [_cut(parts[piece.input], b * step, step, (step // size,)) for b in range(piece.blocks)]
+            if any(len(b) != 1 for b in blocks):
+                return None
+            out.append(Interleaved(tuple(b[0] for b in blocks), piece.rows))
+    return out
+
+
+def _cut(parts: tuple[FileRegion, ...], offset: int, length: int, shape: tuple[int, ...]) -> list[FileRegion]:
+    """Bytes ``[offset, offset + length)`` of the parts laid end to end, as one region per part they touch
+    (one region of ``shape`` when they lie in one part)."""
+    if not length:
+        return [parts[0].sub(0, shape, parts[0].dtype)]
+    spans: list[tuple[FileRegion, int, int]] = []  # (part, offset in it, bytes)
+    for part in parts:
+        if length and offset < part.nbytes:
+            take = min(length, part.nbytes - offset)
+            spans.append((part, offset, take))
+            offset, length = 0, length - take
+        else:
+            offset -= part.nbytes
+    if len(spans) == 1:
+        part, start, _ = spans[0]
+        return [part.sub(start, shape, part.dtype)]
+    return [part.sub(start, (take // part.dtype.itemsize,), part.dtype) for part, start, take in spans]
+
+
+def _payload(placed: list[_Placed], shape: tuple[int, ...], kind: RawDType, written: RawDType) -> Payload:
+    if written != kind or not all(isinstance(p, FileRegion) for p in placed):
+        return Assembly(tuple(placed), shape, written)
+    if len(placed) == 1:
+        region = placed[0]
+        assert isinstance(region, FileRegion)
+        return region.sub(0, shape, kind)
+    return RowGather(tuple(placed), shape, kind)  # type: ignore[arg-type]
