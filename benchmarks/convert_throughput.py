@@ -141,8 +141,8 @@ def _gemma(source: Path, gb: float) -> tuple[str, list[str]]:
     layers = max(1, round((gb * 1e9 - 2 * 256000 * dim) / per_layer))
     config = {**TINY, "hidden_size": dim, "intermediate_size": 8192, "num_hidden_layers": layers,
               "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 128, "vocab_size": 256000}
-    specs = {k: s for k, s in shapes(config).items() if k != "freqs_cis"}  # optional; a complex buffer
-    write(_lazy(config, specs, "default"), source, container="ckpt")
+    # freqs_cis: the complex rotary buffer released checkpoints carry (dropped by the conversion)
+    write(_lazy(config, shapes(config), "default", {"freqs_cis": torch.complex64}), source, container="ckpt")
     return "gemma", []
 
 
@@ -162,16 +162,20 @@ def _llama_mp8(source: Path, gb: float) -> tuple[str, list[str]] | None:
     return "llama", []
 
 
-def _lazy(config: dict[str, Any], specs: dict[str, tuple[int, ...]], layout: str) -> Any:
-    """Random bf16 tensors made on demand by ``write``, so building the source needs no more than one shard."""
+def _lazy(config: dict[str, Any], specs: dict[str, tuple[int, ...]], layout: str,
+          dtypes: dict[str, torch.dtype] | None = None) -> Any:
+    """Random tensors (bf16 unless ``dtypes`` says otherwise) made on demand by ``write``, so building the source
+    needs no more than one shard."""
     from harness.io.tensor_store import TensorStore
     from harness.mapping.conversion import SourceCheckpoint
 
-    def make(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.empty(shape, dtype=torch.bfloat16).normal_(std=0.02)
+    kinds = {k: (dtypes or {}).get(k, torch.bfloat16) for k in specs}
 
-    return SourceCheckpoint(config, TensorStore({k: (lambda s=s: make(s)) for k, s in specs.items()},
-                                                {k: (s, torch.bfloat16) for k, s in specs.items()}), layout)
+    def make(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype).normal_(std=0.02)
+
+    return SourceCheckpoint(config, TensorStore({k: (lambda k=k, s=s: make(s, kinds[k])) for k, s in specs.items()},
+                                                {k: (s, kinds[k]) for k, s in specs.items()}), layout)
 
 
 _BUILDERS: dict[str, Callable[[Path, float], Any]] = {

@@ -24,7 +24,7 @@ from harness.io.raw_dtypes import RawDType
 
 __all__ = ["Assembly", "Interleaved", "Piece", "Transposed", "write_assembly"]
 
-_CHUNK = 1 << 22  # output elements per chunk
+_CHUNK = 1 << 20  # output elements per chunk: small enough that one tensor keeps every thread busy
 _TILE = 256  # rows and columns of one transposed tile: both sides stay in cache
 _THREADS = min(4, os.cpu_count() or 1)
 
@@ -39,9 +39,9 @@ class Transposed:
     def units(self) -> tuple[int, int]:  # output rows, elements per output row
         return self.region.shape[1], self.region.shape[0]
 
-    def fill(self, first: int, count: int, out: np.ndarray) -> None:
+    def fill(self, first: int, count: int, out: np.ndarray, files: _Maps) -> None:
         rows, cols = self.region.shape
-        source = _mapped(self.region).reshape(rows, cols)
+        source = files.elements(self.region).reshape(rows, cols)
         block = out.reshape(count, rows)
         for r in range(0, rows, _TILE):  # tile by tile: a plain strided copy would miss the cache on every element
             for c in range(first, first + count, _TILE):
@@ -61,12 +61,13 @@ class Interleaved:
     def units(self) -> tuple[int, int]:
         return self.rows, sum(_numel(r) for r in self.regions) // self.rows
 
-    def fill(self, first: int, count: int, out: np.ndarray) -> None:
+    def fill(self, first: int, count: int, out: np.ndarray, files: _Maps) -> None:
         block = out.reshape(count, -1)
         column = 0
         for region in self.regions:
             width = _numel(region) // self.rows
-            block[:, column: column + width] = _mapped(region, first * width, count * width).reshape(count, width)
+            rows = files.elements(region)[first * width: (first + count) * width]
+            block[:, column: column + width] = rows.reshape(count, width)
             column += width
 
 
@@ -80,8 +81,8 @@ class _Whole:
     def units(self) -> tuple[int, int]:
         return _numel(self.region), 1
 
-    def fill(self, first: int, count: int, out: np.ndarray) -> None:
-        out[:] = _mapped(self.region, first, count)
+    def fill(self, first: int, count: int, out: np.ndarray, files: _Maps) -> None:
+        out[:] = files.elements(self.region)[first: first + count]
 
 
 Piece = FileRegion | Transposed | Interleaved
@@ -116,8 +117,9 @@ class Assembly:
 def write_assembly(assembly: Assembly, fd: int, offset: int) -> None:
     """Write ``assembly``'s bytes into the open file ``fd`` at ``offset``."""
     regions = assembly.regions()
+    sizes = {path: os.path.getsize(path) for path in {r.path for r in regions}}
     for region in regions:
-        if os.path.getsize(region.path) < region.offset + region.nbytes:
+        if sizes[region.path] < region.offset + region.nbytes:
             raise OSError(errno.EIO, f"{region.path} ended inside a tensor")
     source = regions[0].dtype if regions else assembly.dtype
     chunks = list(_chunks(assembly.pieces))
@@ -125,10 +127,11 @@ def write_assembly(assembly: Assembly, fd: int, offset: int) -> None:
 
     def write(i: int) -> None:
         out = np.empty(starts[i + 1] - starts[i], dtype=unsigned(source))
-        at = 0
+        at, files = 0, _Maps()
         for piece, first, count, per in chunks[i]:
-            piece.fill(first, count, out[at: at + count * per])
+            piece.fill(first, count, out[at: at + count * per], files)
             at += count * per
+        del files  # unmapped: the pages read leave the process
         data = memoryview(cast_bits(out, source, assembly.dtype)).cast("B")
         where = offset + starts[i] * assembly.dtype.itemsize
         while data:
@@ -167,14 +170,21 @@ def _chunks(pieces: tuple[Piece, ...]) -> Iterator[list[tuple[_Filler, int, int,
 _Filler = _Whole | Transposed | Interleaved
 
 
-def _mapped(region: FileRegion, first: int = 0, count: int | None = None) -> np.ndarray:
-    """Elements ``[first, first + count)`` of ``region`` as unsigned integers, memory-mapped read-only: pages
-    are read as they are used and leave the process when the array goes."""
-    kind = unsigned(region.dtype)
-    count = _numel(region) - first if count is None else count
-    if count == 0:
-        return np.empty(0, dtype=kind)
-    return np.memmap(region.path, dtype=kind, mode="r", offset=region.offset + first * kind.itemsize, shape=(count,))
+class _Maps:
+    """Each source file memory-mapped read-only once per chunk (a chunk may read thousands of rows of one file):
+    pages are read as they are used and leave the process when the chunk is done."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, np.memmap] = {}
+
+    def elements(self, region: FileRegion) -> np.ndarray:
+        """``region``'s elements as unsigned integers of its width."""
+        if not region.nbytes:
+            return np.empty(0, dtype=unsigned(region.dtype))
+        path = str(region.path)
+        if path not in self._files:
+            self._files[path] = np.memmap(path, dtype=np.uint8, mode="r")
+        return self._files[path][region.offset: region.offset + region.nbytes].view(unsigned(region.dtype))
 
 
 def _numel(region: FileRegion) -> int:

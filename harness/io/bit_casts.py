@@ -18,6 +18,7 @@ from harness.io.raw_dtypes import BY_NAME, RawDType
 __all__ = ["CASTABLE", "cast_bits", "unsigned"]
 
 CASTABLE = ("float32", "bfloat16", "float16")  # the sources and targets this module casts between
+_BLOCK = 1 << 16  # table indices converted at a time
 
 
 def unsigned(dtype: RawDType) -> np.dtype:
@@ -38,7 +39,7 @@ def cast_bits(bits: np.ndarray, source: RawDType, target: RawDType) -> np.ndarra
     if source == target:
         return bits
     if source.itemsize == 2:
-        return np.take(_table(source.name, target.name), bits)
+        return _look_up(_table(source.name, target.name), bits)
     if target.name == "bfloat16":
         return _float32_to_bfloat16(bits)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is the cast's meaning
@@ -54,6 +55,19 @@ def _table(source: str, target: str) -> np.ndarray:
     else:
         exact = patterns.astype(np.uint16).view(np.float16).astype(np.float32)  # float16 -> float32 is exact
     return cast_bits(exact.view(np.uint32), BY_NAME["float32"], BY_NAME[target])
+
+
+def _look_up(table: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """``table[bits]``, in blocks: numpy converts 16-bit indices to pointer-sized ones slowly inside ``take``, and
+    a block of converted indices stays in cache (about 2x faster than one ``take`` over the whole array)."""
+    out = np.empty(bits.shape, dtype=table.dtype)
+    flat_in, flat_out = bits.reshape(-1), out.reshape(-1)
+    index = np.empty(min(flat_in.size, _BLOCK), dtype=np.intp)
+    for start in range(0, flat_in.size, _BLOCK):
+        block = flat_in[start: start + _BLOCK]
+        np.copyto(index[: block.size], block, casting="safe")
+        np.take(table, index[: block.size], out=flat_out[start: start + block.size], mode="clip")
+    return out
 
 
 def _float32_to_bfloat16(bits: np.ndarray) -> np.ndarray:
