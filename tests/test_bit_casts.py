@@ -43,9 +43,13 @@ def test_every_value_casts_as_torch_casts_it(source: str, target: str) -> None:
     assert bool(torch.isnan(got[nan]).all())  # a NaN stays a NaN (its payload is the CPU's business)
 
 
-def test_a_cast_to_the_same_type_is_the_bits_themselves() -> None:
+def test_a_cast_to_the_same_type_copies_the_bits_and_fills_a_given_buffer() -> None:
     bits = _patterns("bfloat16")
-    assert cast_bits(bits, BY_NAME["bfloat16"], BY_NAME["bfloat16"]) is bits
+    out = np.empty_like(bits)
+    assert cast_bits(bits, BY_NAME["bfloat16"], BY_NAME["bfloat16"], out) is out and np.array_equal(out, bits)
+    into = np.empty(bits.size, dtype=np.uint32)
+    assert cast_bits(bits, BY_NAME["bfloat16"], BY_NAME["float32"], into) is into
+    assert np.array_equal(into, cast_bits(bits, BY_NAME["bfloat16"], BY_NAME["float32"]))
 
 
 def test_other_types_are_refused() -> None:

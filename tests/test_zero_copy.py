@@ -84,23 +84,28 @@ def test_nonfinite_counted_in_memory_and_on_disk(tmp_path: Path, dtype: torch.dt
     assert count_nonfinite(open_safetensors(tmp_path / "x.safetensors").regions["t"]) == 3
 
 
-@pytest.mark.parametrize("key", ["layers.0.attention.wv.weight", "layers.1.attention.wq.weight"],
-                         ids=["copied-by-kernel", "computed"])
-def test_nonfinite_weights_are_refused_and_nothing_is_written(tmp_path: Path, key: str,
+@pytest.mark.parametrize(("key", "layout", "options"), [
+    ("layers.0.attention.wv.weight", "experts", []), ("layers.1.attention.wq.weight", "experts", []),
+    ("layers.0.attention.wv.weight", "experts", ["--dtype", "float16"]),
+    ("layers.1.block_sparse_moe.w2", "fused", [])],
+    ids=["copied-by-kernel", "gathered-rows", "cast-in-chunks", "transposed-in-chunks"])
+def test_nonfinite_weights_are_refused_and_nothing_is_written(tmp_path: Path, key: str, layout: str,
+                                                              options: list[str],
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     mixtral = family("mixtral")
-    source = mixtral.tiny(0)
+    source = mixtral.tiny(0, layout=layout)
     tensors = dict(source.tensors)
     tensors[key] = tensors[key].clone()
     tensors[key][0, :3] = float("nan")
     mixtral.write(type(source)(source.config, type(source.tensors).from_dict(tensors), source.layout),
                   tmp_path / "src")
     out = tmp_path / "out"
-    assert main(["convert", "mixtral", str(tmp_path / "src"), str(out), "--quiet"]) == 2
+    assert main(["convert", "mixtral", str(tmp_path / "src"), str(out), "--quiet", *options]) == 2
     err = capsys.readouterr().err
     assert "non-finite weights: model." in err and "(3 NaN/Inf)" in err and "--allow-nonfinite" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
-    assert main(["convert", "mixtral", str(tmp_path / "src"), str(out), "--quiet", "--allow-nonfinite"]) == 0
+    assert main(["convert", "mixtral", str(tmp_path / "src"), str(out), "--quiet", "--allow-nonfinite",
+                 *options]) == 0
     assert "warning: converted non-finite weights" in capsys.readouterr().err
 
 

@@ -8,9 +8,11 @@ importing one module of this package costs no more than that module):
 - ``read_json_config``, ``read_bytes``, ``open_weights``, ``index_shards`` — ``harness.io.source_files``
 - ``random_weights``, ``random_normal`` (bit-exact tiny weights on every CPU) — ``harness.io.tiny``
 
-The rest is the harness's own: the shard writer (``writer``), kernel file-to-file copies (``file_regions``),
-NaN/Inf refusal (``finite``), staging and stale partial outputs (``staging``), container sniffing (``sniff``),
-Hub sources (``hub``). This layer imports nothing above it and never imports transformers.
+The rest is the harness's own: the shard writer (``writer``), kernel file-to-file copies (``file_regions``,
+``row_gather``), tensors computed from file bytes without torch (``assembly``: transposes, rank joins, casts on raw
+bits from ``bit_casts``), NaN/Inf refusal (``finite``), staging and stale partial outputs (``staging``),
+container sniffing (``sniff``), Hub sources (``hub``). This layer imports nothing above it and never imports
+transformers.
 """
 
 from harness.lazy import lazy_exports

@@ -11,22 +11,30 @@ join nor a cast never come here: the kernel copies them (``harness.io.row_gather
 from __future__ import annotations
 
 import errno
+import mmap
 import os
+import queue
+import sys
+import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from harness.io.bit_casts import cast_bits, unsigned
-from harness.io.file_regions import FileRegion, merged_spans, nbytes
+from harness.io.file_regions import FileRegion, copy_range, merged_spans, nbytes
+from harness.io.nonfinite_bits import count_nonfinite_bits
 from harness.io.raw_dtypes import RawDType
 
 __all__ = ["Assembly", "Interleaved", "Piece", "Transposed", "write_assembly"]
 
 _CHUNK = 1 << 20  # output elements per chunk: small enough that one tensor keeps every thread busy
-_TILE = 256  # rows and columns of one transposed tile: both sides stay in cache
+_TILE = 128  # rows and columns of one transposed tile: both sides stay in cache
+_CARRIER = np.dtype(np.complex128)  # a 16-byte element that numpy copies as raw bytes (no arithmetic touches it)
 _THREADS = min(4, os.cpu_count() or 1)
+_DIRECT = 1 << 16  # a plain region at least this long is cast straight from its file, not copied first
+_PAGE = mmap.PAGESIZE
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,27 @@ class Transposed:
 
     def fill(self, first: int, count: int, out: np.ndarray, files: _Maps) -> None:
         rows, cols = self.region.shape
-        source = files.elements(self.region).reshape(rows, cols)
+        columns = files.elements(self.region).reshape(rows, cols)[:, first: first + count]
         block = out.reshape(count, rows)
-        for r in range(0, rows, _TILE):  # tile by tile: a plain strided copy would miss the cache on every element
-            for c in range(first, first + count, _TILE):
-                end = min(c + _TILE, first + count)
-                block[c - first: end - first, r: r + _TILE] = source[r: r + _TILE, c: end].T
+        group = _CARRIER.itemsize // columns.itemsize
+        if rows % group:
+            _transpose_tiles(columns, block)
+            return
+        # numpy copies one element per step whatever its size: moving 16-byte groups of ``group`` source rows
+        # (zipped column by column) through the transpose moves ``group`` values per step, about twice as fast.
+        zipped = np.empty((rows // group, count, group), dtype=columns.dtype)
+        for j in range(group):
+            zipped[:, :, j] = columns[j::group]
+        _transpose_tiles(zipped.view(_CARRIER).reshape(rows // group, count),
+                         block.view(_CARRIER).reshape(count, rows // group))
+
+
+def _transpose_tiles(source: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = source.T``, tile by tile: a plain strided copy would miss the cache on every element."""
+    rows, cols = source.shape
+    for r in range(0, rows, _TILE):
+        for c in range(0, cols, _TILE):
+            out[c: c + _TILE, r: r + _TILE] = source[r: r + _TILE, c: c + _TILE].T
 
 
 @dataclass(frozen=True)
@@ -95,6 +118,8 @@ class Assembly:
     pieces: tuple[Piece, ...]
     shape: tuple[int, ...]
     dtype: RawDType
+    # NaN/Inf among the source values, counted as the tensor is written (harness.io.finite reads it)
+    nonfinite: list[int] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -116,34 +141,182 @@ class Assembly:
 
 def write_assembly(assembly: Assembly, fd: int, offset: int) -> None:
     """Write ``assembly``'s bytes into the open file ``fd`` at ``offset``."""
-    regions = assembly.regions()
-    sizes = {path: os.path.getsize(path) for path in {r.path for r in regions}}
-    for region in regions:
-        if sizes[region.path] < region.offset + region.nbytes:
-            raise OSError(errno.EIO, f"{region.path} ended inside a tensor")
-    source = regions[0].dtype if regions else assembly.dtype
-    chunks = list(_chunks(assembly.pieces))
-    starts = np.cumsum([0] + [sum(n * per for _, _, n, per in chunk) for chunk in chunks]).tolist()
+    writes = Writes()
+    writes.start(assembly, fd, offset)
+    writes.finish()
 
-    def write(i: int) -> None:
-        out = np.empty(starts[i + 1] - starts[i], dtype=unsigned(source))
-        at, files = 0, _Maps()
-        for piece, first, count, per in chunks[i]:
-            piece.fill(first, count, out[at: at + count * per], files)
-            at += count * per
+
+class Writes:
+    """Assemblies being written by the worker threads. ``start`` returns once the tensor's chunks are queued (it
+    waits only while ``_WINDOW`` chunks are in flight, which bounds memory), so the caller goes on to the next
+    tensor while this one is computed: workers never idle between tensors. ``finish`` waits for every chunk and
+    raises the first error; the file must stay open until it returns."""
+
+    def __init__(self) -> None:
+        self._futures: list[Future[None]] = []
+
+    def start(self, assembly: Assembly, fd: int, offset: int) -> None:
+        regions = assembly.regions()
+        sizes = {path: os.path.getsize(path) for path in {r.path for r in regions}}
+        for region in regions:
+            if sizes[region.path] < region.offset + region.nbytes:
+                raise OSError(errno.EIO, f"{region.path} ended inside a tensor")
+        chunks = list(_chunks(assembly.pieces))
+        starts = np.cumsum([0] + [sum(n * per for _, _, n, per in chunk) for chunk in chunks]).tolist()
+        tally = _Tally(assembly, len(chunks))
+        source = regions[0].dtype if regions else assembly.dtype
+        for i, chunk in enumerate(chunks):
+            _IN_FLIGHT.acquire()
+            where = offset + starts[i] * assembly.dtype.itemsize
+            self._futures.append(_pool().submit(_write_chunk, chunk, starts[i + 1] - starts[i], source,
+                                                assembly.dtype, fd, where, tally))
+
+    def finish(self, *, raising: bool = True) -> None:
+        """Wait for every chunk (the file may close only then); raise the first error unless not ``raising``
+        (the caller is already failing)."""
+        futures, self._futures = self._futures, []
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None and raising:
+            raise first
+
+
+def _write_chunk(chunk: list[tuple[_Filler, int, int, int]], size: int, source: RawDType, target: RawDType,
+                 fd: int, offset: int, tally: _Tally) -> None:
+    """Compute one chunk (fill from the files, cast, count NaN/Inf in the source bits) and write it."""
+    buffers = _take_buffers()
+    try:
+        casting = target != source
+        bits, out = buffers.views(size, unsigned(source), unsigned(target) if casting else None)
+        at, files, filled, bad = 0, _Maps(), [], 0
+        for piece, first, count, per in chunk:
+            n = count * per
+            if casting and isinstance(piece, _Whole) and n >= _DIRECT:  # cast straight from the mapped file
+                mapped = files.elements(piece.region)[first: first + n]
+                cast_bits(mapped, source, target, out[at: at + n])
+                bad += count_nonfinite_bits(mapped, source, bits[at: at + n])  # its place in ``bits`` is free
+            else:
+                piece.fill(first, count, bits[at: at + n], files)
+                filled.append((at, at + n))
+            at += n
+        for begin, end in _merged(filled):
+            if casting:
+                cast_bits(bits[begin: end], source, target, out[begin: end])
+            bad += count_nonfinite_bits(bits[begin: end], source, buffers.scratch(end - begin, bits.dtype))
         del files  # unmapped: the pages read leave the process
-        data = memoryview(cast_bits(out, source, assembly.dtype)).cast("B")
-        where = offset + starts[i] * assembly.dtype.itemsize
-        while data:
-            n = os.pwrite(fd, data, where)
-            data, where = data[n:], where + n
+        buffers.write(out, fd, offset)
+        tally.add(bad)
+    finally:
+        _FREE.put(buffers)
+        _IN_FLIGHT.release()
 
-    if len(chunks) == 1:
-        write(0)
-        return
-    with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="convparity-assembly") as pool:
-        for done in pool.map(write, range(len(chunks))):
-            del done
+
+class _Tally:
+    """NaN/Inf counted by an assembly's chunks; the total goes to ``assembly.nonfinite`` when the last one ends."""
+
+    def __init__(self, assembly: Assembly, chunks: int) -> None:
+        self._assembly, self._left, self._total, self._lock = assembly, chunks, 0, threading.Lock()
+        if not chunks:
+            assembly.nonfinite.append(0)
+
+    def add(self, bad: int) -> None:
+        with self._lock:
+            self._total += bad
+            self._left -= 1
+            if not self._left:
+                self._assembly.nonfinite.append(self._total)
+
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="convparity-assembly"))
+    return _POOL[0]
+
+
+class _Buffers:
+    """Where one chunk is computed: its source bits, then its output (the same place when nothing is cast).
+
+    The memory is a memory-backed file (``memfd``) mapped into the process, so that the finished output goes to
+    the shard by an in-kernel copy: on the machines measured, ``pwrite`` of a process's own memory was two to
+    three times slower than the kernel copying the same bytes from pages it already holds
+    (``benchmarks/convert_throughput.py``). Buffers are kept and reused by later chunks and tensors, since
+    faulting in fresh pages costs about as much as the copy. Without ``memfd`` (not Linux): plain memory and
+    ``pwrite``.
+    """
+
+    def __init__(self) -> None:
+        linux = sys.platform.startswith("linux") and hasattr(os, "memfd_create")  # /proc/self/fd is needed too
+        self._fd = os.memfd_create("convparity-chunk") if linux else None
+        self._memory: mmap.mmap | np.ndarray | None = None
+        self._size = 0
+        self._scratch: np.ndarray | None = None
+
+    def views(self, size: int, source: np.dtype, output: np.dtype | None) -> tuple[np.ndarray, np.ndarray]:
+        """Arrays of ``size`` source and output elements (the output is the source one when ``output`` is None)."""
+        first = -(-size * source.itemsize // _PAGE) * _PAGE  # the output starts on a page of its own
+        need = first + (size * output.itemsize if output is not None else 0)
+        if need > self._size:
+            self._grow(max(need, 2 * _CHUNK * 4))
+        raw = np.frombuffer(self._memory, dtype=np.uint8)  # type: ignore[arg-type]
+        bits = raw[: size * source.itemsize].view(source)
+        return bits, (raw[first: first + size * output.itemsize].view(output) if output is not None else bits)
+
+    def scratch(self, size: int, dtype: np.dtype) -> np.ndarray:
+        """``size`` elements of working memory (the NaN/Inf test's masked bits)."""
+        if self._scratch is None or self._scratch.nbytes < size * dtype.itemsize:
+            self._scratch = np.empty(max(size, _CHUNK) * dtype.itemsize, dtype=np.uint8)
+        return self._scratch[: size * dtype.itemsize].view(dtype)
+
+    def write(self, out: np.ndarray, fd: int, offset: int) -> None:
+        """Write ``out`` (a view from ``views``) into ``fd`` at ``offset``."""
+        if self._fd is None:
+            data = memoryview(out).cast("B")
+            while data:
+                n = os.pwrite(fd, data, offset)
+                data, offset = data[n:], offset + n
+            return
+        start = out.ctypes.data - np.frombuffer(self._memory, dtype=np.uint8).ctypes.data  # type: ignore[arg-type]
+        # Its own open file: the kernel copy may write at the file position, which threads must not share.
+        own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)
+        try:
+            copy_range(self._fd, start, own, offset, out.nbytes, "a chunk buffer")
+        finally:
+            os.close(own)
+
+    def _grow(self, size: int) -> None:
+        self._memory = None  # drops the old mapping (no view of it outlives a chunk)
+        if self._fd is None:
+            self._memory = np.empty(size, dtype=np.uint8)
+        else:
+            os.ftruncate(self._fd, size)
+            self._memory = mmap.mmap(self._fd, size)
+        self._size = size
+
+
+_WINDOW = 2 * _THREADS  # chunks queued or in flight at once; each holds one _Buffers while it runs
+_IN_FLIGHT = threading.BoundedSemaphore(_WINDOW)
+_FREE: queue.SimpleQueue[_Buffers] = queue.SimpleQueue()
+
+
+def _take_buffers() -> _Buffers:
+    try:
+        return _FREE.get_nowait()
+    except queue.Empty:
+        return _Buffers()
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Consecutive ``[start, end)`` ranges joined, so that short rows are cast in one call."""
+    out: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
 
 
 def _chunks(pieces: tuple[Piece, ...]) -> Iterator[list[tuple[_Filler, int, int, int]]]:

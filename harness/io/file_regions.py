@@ -19,7 +19,7 @@ from harness.io.raw_dtypes import as_torch
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FileRegion", "copy_region", "merged_spans", "nbytes"]
+__all__ = ["FileRegion", "copy_range", "copy_region", "merged_spans", "nbytes"]
 
 _COPY_CHUNK = 1 << 26  # bytes per copy_file_range / sendfile call, and per buffered read when neither works
 
@@ -93,15 +93,21 @@ def _flat(path: Path, offset: int, length: int, dtype: torch.dtype) -> FileRegio
 def copy_region(region: FileRegion, fd: int, offset: int) -> None:
     """Copy ``region`` into the open file ``fd`` at ``offset``: in the kernel where the system allows it."""
     with open(region.path, "rb", buffering=0) as src:
-        done = 0
-        while done < region.nbytes:
-            n = _kernel_copy(src.fileno(), region.offset + done, fd, offset + done, region.nbytes - done)
-            if n is None:  # no in-kernel copy between these files: a bounded buffered copy
-                _buffered_copy(src.fileno(), region.offset + done, fd, offset + done, region.nbytes - done)
-                return
-            if n == 0:
-                raise OSError(errno.EIO, f"{region.path} ended {region.nbytes - done} bytes early")
-            done += n
+        copy_range(src.fileno(), region.offset, fd, offset, region.nbytes, str(region.path))
+
+
+def copy_range(src: int, src_off: int, dst: int, dst_off: int, count: int, name: str) -> None:
+    """Copy ``count`` bytes between two open files in the kernel where the system allows it, else through one
+    bounded buffer; ``name`` (the source) is what an early end of the source is reported against."""
+    done = 0
+    while done < count:
+        n = _kernel_copy(src, src_off + done, dst, dst_off + done, count - done)
+        if n is None:  # no in-kernel copy between these files: a bounded buffered copy
+            _buffered_copy(src, src_off + done, dst, dst_off + done, count - done)
+            return
+        if n == 0:
+            raise OSError(errno.EIO, f"{name} ended {count - done} bytes early")
+        done += n
 
 
 def _kernel_copy(src: int, src_off: int, dst: int, dst_off: int, count: int) -> int | None:

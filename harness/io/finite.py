@@ -3,8 +3,9 @@
 A checkpoint with non-finite weights converts "fine" and fails much later, far from the cause. Every payload
 is checked as it streams to the writer: tensors in memory with torch, file regions and row gathers (copied by
 the kernel and never read by the writer) on a second thread, so the check overlaps the copy instead of adding to
-it. Those are read into one reusable buffer and tested on their bits with numpy (a float is NaN or Inf exactly
-when all its exponent bits are set), which needs no torch and no conversion of the values.
+it. Those are read into one reusable buffer and tested on their bits with numpy (``harness.io.nonfinite_bits``),
+which needs no torch and no conversion of the values. An ``Assembly`` (computed from the files without torch) is
+counted by the writer from the source bits it already holds, before any cast.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import numpy as np
 
 from harness.errors import ConversionError
 from harness.io.assembly import Assembly
+from harness.io.bit_casts import unsigned
 from harness.io.file_regions import FileRegion
+from harness.io.nonfinite_bits import count_nonfinite_bits
 from harness.io.payload import IN_FILES, Payload
 from harness.io.raw_dtypes import raw_dtype
 from harness.io.row_gather import RowGather
@@ -54,13 +57,17 @@ def refuse_nonfinite(stream: Iterator[tuple[str, Payload]], *, allow: bool = Fal
     The error comes when the writer asks for the item after the last, before it renames its output into
     place, so nothing is left behind. With ``allow`` the tensors are named in ``notes`` instead.
     """
-    found: dict[str, Future[int] | int] = {}
+    found: dict[str, Future[int] | Assembly | int] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convparity-finite") as pool:
         for name, payload in stream:
-            found[name] = pool.submit(count_nonfinite, payload) if isinstance(payload, IN_FILES) \
-                else count_nonfinite(payload)
+            if isinstance(payload, Assembly):  # counted as it is computed, from the bits in hand
+                found[name] = payload
+            elif isinstance(payload, IN_FILES):
+                found[name] = pool.submit(count_nonfinite, payload)
+            else:
+                found[name] = count_nonfinite(payload)
             yield name, payload
-        counts = {name: n if isinstance(n, int) else n.result() for name, n in found.items()}
+        counts = {name: _result(n) for name, n in found.items()}
     bad = {name: n for name, n in counts.items() if n}
     if not bad:
         return
@@ -71,6 +78,12 @@ def refuse_nonfinite(stream: Iterator[tuple[str, Payload]], *, allow: bool = Fal
                               f"divergence (convert anyway with --allow-nonfinite)")
     if notes is not None:
         notes.append(f"warning: converted non-finite weights as they are (--allow-nonfinite): {listed}")
+
+
+def _result(found: Future[int] | Assembly | int) -> int:
+    if isinstance(found, Assembly):  # not written (a consumer that stopped early): scanned here instead
+        return found.nonfinite[0] if found.nonfinite else count_nonfinite(found)
+    return found if isinstance(found, int) else found.result()
 
 
 def _count(t: torch.Tensor) -> int:
@@ -86,11 +99,9 @@ def _scan_region(region: FileRegion) -> int:
     raw = raw_dtype(region.dtype)
     if raw is None or raw.nonfinite is None:
         return 0
-    mask, threshold = raw.nonfinite
-    item = raw.itemsize
-    bits = np.dtype(f"<u{item}")
-    buf = bytearray(min(region.nbytes, _SCAN_BYTES) // item * item or item)
-    scratch = np.empty(len(buf) // item, dtype=bits)
+    kind = unsigned(raw)
+    buf = bytearray(min(region.nbytes, _SCAN_BYTES) // raw.itemsize * raw.itemsize or raw.itemsize)
+    scratch = np.empty(len(buf) // raw.itemsize, dtype=kind)
     bad, done = 0, 0
     with open(region.path, "rb", buffering=0) as f:
         while done < region.nbytes:
@@ -98,8 +109,6 @@ def _scan_region(region: FileRegion) -> int:
                           region.offset + done)
             if n == 0:
                 raise ConversionError(f"{region.path} ends inside a tensor ({region.nbytes - done} bytes missing)")
-            masked = np.bitwise_and(np.frombuffer(buf, dtype=bits, count=n // item), mask, out=scratch[: n // item])
-            if masked.max(initial=0) >= threshold:  # one fast pass; the exact count only when there is one
-                bad += int(np.count_nonzero(masked >= threshold))
+            bad += count_nonfinite_bits(np.frombuffer(buf, dtype=kind, count=n // raw.itemsize), raw, scratch)
             done += n
     return bad

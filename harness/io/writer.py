@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
-from harness.io.assembly import Assembly, write_assembly
+from harness.io.assembly import Assembly, Writes
 from harness.io.file_regions import FileRegion, copy_region
 from harness.io.payload import Payload
 from harness.io.raw_dtypes import raw_dtype
@@ -122,24 +122,31 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
     _pwrite_all(fd, struct.pack("<Q", len(raw)) + raw, 0)
     offset = 8 + len(raw)
     stream = iter(stream)
-    for spec in group:
-        name, payload = next(stream)
-        castable = payload.dtype == spec.dtype or (payload.dtype.is_floating_point and spec.dtype.is_floating_point)
-        if name != spec.name or tuple(payload.shape) != spec.shape or not castable:
-            raise RuntimeError(f"planned {spec.name} {spec.shape} {spec.dtype}, got {name} "
-                               f"{tuple(payload.shape)} {payload.dtype}")
-        if isinstance(payload, FileRegion) and payload.dtype == spec.dtype:
-            copy_region(payload, fd, offset)
-        elif isinstance(payload, RowGather) and payload.dtype == spec.dtype:
-            write_gather(payload, fd, offset)
-        elif isinstance(payload, Assembly):  # computed and cast without torch, to the planned dtype
-            write_assembly(payload, fd, offset)
-        else:
-            tensor = payload.mapped() if isinstance(payload, FileRegion) else payload  # (a gather is never cast)
-            _write_tensor(fd, tensor.detach().to("cpu"), spec.dtype, offset)
-        offset += spec.nbytes
-        if progress is not None:
-            progress(spec.nbytes)
+    writes = Writes()  # assemblies computed by worker threads while this loop goes on
+    try:
+        for spec in group:
+            name, payload = next(stream)
+            castable = payload.dtype == spec.dtype or (payload.dtype.is_floating_point and
+                                                       spec.dtype.is_floating_point)
+            if name != spec.name or tuple(payload.shape) != spec.shape or not castable:
+                raise RuntimeError(f"planned {spec.name} {spec.shape} {spec.dtype}, got {name} "
+                                   f"{tuple(payload.shape)} {payload.dtype}")
+            if isinstance(payload, FileRegion) and payload.dtype == spec.dtype:
+                copy_region(payload, fd, offset)
+            elif isinstance(payload, RowGather) and payload.dtype == spec.dtype:
+                write_gather(payload, fd, offset)
+            elif isinstance(payload, Assembly):  # computed and cast without torch, to the planned dtype
+                writes.start(payload, fd, offset)
+            else:
+                tensor = payload.mapped() if isinstance(payload, FileRegion) else payload  # (a gather: never cast)
+                _write_tensor(fd, tensor.detach().to("cpu"), spec.dtype, offset)
+            offset += spec.nbytes
+            if progress is not None:
+                progress(spec.nbytes)
+    except BaseException:
+        writes.finish(raising=False)
+        raise
+    writes.finish()
 
 
 def _write_tensor(fd: int, tensor: torch.Tensor, dtype: torch.dtype, offset: int) -> None:

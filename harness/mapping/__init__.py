@@ -9,6 +9,9 @@ What a family author uses (``from harness.mapping import KeyMap``; imported on f
   ``Unstack``, ``Drop``, ``Tie``, ...) — ``harness.mapping.rules``, their tensor work in ``transforms``
 - ``SourceCheckpoint``, ``Converted``, ``convert_with``, ``invert_with`` — ``harness.mapping.conversion``
 
+The harness's own: writing a conversion (``output``), and its torch-free path (``byte_plans``: each rule's outputs as
+pieces of its inputs' bytes; ``raw_conversion``: those pieces placed in the source files).
+
 Imports only ``harness.io`` below it, never transformers.
 """
 
