@@ -154,7 +154,7 @@ def test_the_safetensors_index_checks_the_header(tmp_path: Path) -> None:
 def test_a_row_gather_writes_its_parts_in_order(tmp_path: Path, buffer: int, kernel_run: int,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(row_gather, "_BUFFER", buffer)
-    monkeypatch.setattr(row_gather, "_KERNEL_RUN", kernel_run)
+    monkeypatch.setattr(row_gather, "KERNEL_RUN", kernel_run)
     data = bytes(torch.randint(0, 256, (4000,), dtype=torch.uint8).tolist())
     (tmp_path / "a").write_bytes(data)
     (tmp_path / "b").write_bytes(data[::-1])

@@ -348,7 +348,7 @@ class _Maps:
     pages are read as they are used and leave the process when the chunk is done."""
 
     def __init__(self) -> None:
-        self._files: dict[str, np.memmap] = {}
+        self._files: dict[str, np.ndarray] = {}
 
     def elements(self, region: FileRegion) -> np.ndarray:
         """``region``'s elements as unsigned integers of its width."""
@@ -356,7 +356,8 @@ class _Maps:
             return np.empty(0, dtype=unsigned(region.dtype))
         path = str(region.path)
         if path not in self._files:
-            self._files[path] = np.memmap(path, dtype=np.uint8, mode="r")
+            # a plain array over the map: slicing a ``np.memmap`` runs Python code for every row taken
+            self._files[path] = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
         return self._files[path][region.offset: region.offset + region.nbytes].view(unsigned(region.dtype))
 
 

@@ -1,7 +1,9 @@
-"""A tensor whose bytes are several runs of source files, in order: the q/k rotary permutation (rows of a head,
-evens then odds), a row block of stacked experts, a split of fused rows. It is written without torch and without
-computing anything: long runs are copied file to file in the kernel, short ones are read straight into their
-place in one bounded buffer (one ``preadv`` per run of source-adjacent parts) and written with ``pwrite``.
+"""A tensor whose bytes are several runs of source files, in order: model-parallel slices of a column-parallel
+weight, one after the other. It is written without torch and without computing anything: long runs are copied
+file to file in the kernel, short ones are read straight into their place in one bounded buffer (one ``preadv``
+per run of source-adjacent parts) and written with ``pwrite``. The byte path sends only gathers of runs of at
+least ``KERNEL_RUN`` bytes here; gathers of short rows (a rotary permutation) are assemblies
+(``harness.io.assembly``), gathered by worker threads while the writer goes on.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from harness.io.file_regions import FileRegion, copy_region, merged_spans, nbyte
 
 __all__ = ["RowGather", "write_gather"]
 
-_KERNEL_RUN = 1 << 20  # runs at least this long are copied in the kernel; shorter ones go through the buffer
+KERNEL_RUN = 1 << 20  # runs at least this long are copied in the kernel; shorter ones go through the buffer
 _BUFFER = 1 << 24  # the buffer that gathers short runs
 _IOV_MAX = 1024  # POSIX guarantees at least this many buffers per preadv
 
@@ -44,10 +46,10 @@ def write_gather(gather: RowGather, fd: int, offset: int) -> None:
     pending: list[tuple[FileRegion, int]] = []  # short parts and their offsets in the buffer
     used, start = 0, offset
     for part in gather.parts:
-        if part.nbytes >= _KERNEL_RUN or used + part.nbytes > len(buf):
+        if part.nbytes >= KERNEL_RUN or used + part.nbytes > len(buf):
             _flush(buf, pending, fd, start, used)
             pending, used, start = [], 0, offset
-        if part.nbytes >= _KERNEL_RUN or part.nbytes > len(buf):
+        if part.nbytes >= KERNEL_RUN or part.nbytes > len(buf):
             copy_region(part, fd, offset)
             offset += part.nbytes
             start = offset

@@ -12,15 +12,17 @@ same bytes (``tests/test_raw_conversion.py`` checks it file for file).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 
 from harness.io.assembly import Assembly, Interleaved
 from harness.io.assembly import Transposed as TransposedRegion
 from harness.io.bit_casts import CASTABLE
 from harness.io.file_regions import FileRegion
 from harness.io.raw_dtypes import BY_NAME, RawDType
-from harness.io.row_gather import RowGather
+from harness.io.row_gather import KERNEL_RUN, RowGather
 from harness.io.tensor_store import TensorSpec
 from harness.mapping.byte_plans import Join, Piece, Run, Transposed, byte_plan
 from harness.mapping.conversion import Converted
@@ -59,11 +61,12 @@ def raw_conversion(converted: Converted, dtype: str | None = None) -> RawConvers
         written = target or kind
         if written != kind and (kind.name not in CASTABLE or written.name not in CASTABLE):
             return None
+        sources = [(p, list(accumulate(r.nbytes for r in p))) for p in parts if p is not None]
         plan = byte_plan(step.rule, [shape for shape, _ in metas], converted.dims)
         if plan is None or len(plan) != len(step.targets):
             return None
         for name, (shape, pieces) in zip(step.targets, plan, strict=True):
-            placed = _placed(pieces, parts, kind)  # type: ignore[arg-type]
+            placed = _placed(pieces, sources, kind)
             if placed is None:
                 return None
             specs.append(TensorSpec(name, shape, written))
@@ -74,7 +77,11 @@ def raw_conversion(converted: Converted, dtype: str | None = None) -> RawConvers
 _Placed = FileRegion | TransposedRegion | Interleaved
 
 
-def _placed(pieces: list[Piece], parts: list[tuple[FileRegion, ...]], kind: RawDType) -> list[_Placed] | None:
+# A source tensor's file regions in order, and where each ends (bytes from the start of the first).
+_Parts = tuple[tuple[FileRegion, ...], list[int]]
+
+
+def _placed(pieces: list[Piece], parts: list[_Parts], kind: RawDType) -> list[_Placed] | None:
     """The plan's pieces as regions of the source files; None where a transposed or joined block would straddle
     two files (never for the layouts the families write: each rank file holds whole slices)."""
     out: list[_Placed] = []
@@ -90,7 +97,7 @@ def _placed(pieces: list[Piece], parts: list[tuple[FileRegion, ...]], kind: RawD
             out.append(TransposedRegion(block[0]))
         else:
             assert isinstance(piece, Join)
-            total = sum(p.nbytes for p in parts[piece.input])
+            total = parts[piece.input][1][-1]
             step = total // piece.blocks
             blocks = [_cut(parts[piece.input], b * step, step, (step // size,)) for b in range(piece.blocks)]
             if any(len(b) != 1 for b in blocks):
@@ -99,19 +106,19 @@ def _placed(pieces: list[Piece], parts: list[tuple[FileRegion, ...]], kind: RawD
     return out
 
 
-def _cut(parts: tuple[FileRegion, ...], offset: int, length: int, shape: tuple[int, ...]) -> list[FileRegion]:
+def _cut(source: _Parts, offset: int, length: int, shape: tuple[int, ...]) -> list[FileRegion]:
     """Bytes ``[offset, offset + length)`` of the parts laid end to end, as one region per part they touch
     (one region of ``shape`` when they lie in one part)."""
+    parts, ends = source
     if not length:
         return [parts[0].sub(0, shape, parts[0].dtype)]
+    i = bisect_right(ends, offset)  # the part holding the first byte
     spans: list[tuple[FileRegion, int, int]] = []  # (part, offset in it, bytes)
-    for part in parts:
-        if length and offset < part.nbytes:
-            take = min(length, part.nbytes - offset)
-            spans.append((part, offset, take))
-            offset, length = 0, length - take
-        else:
-            offset -= part.nbytes
+    while length:
+        begin = ends[i - 1] if i else 0
+        take = min(length, ends[i] - offset)
+        spans.append((parts[i], offset - begin, take))
+        offset, length, i = offset + take, length - take, i + 1
     if len(spans) == 1:
         part, start, _ = spans[0]
         return [part.sub(start, shape, part.dtype)]
@@ -119,10 +126,13 @@ def _cut(parts: tuple[FileRegion, ...], offset: int, length: int, shape: tuple[i
 
 
 def _payload(placed: list[_Placed], shape: tuple[int, ...], kind: RawDType, written: RawDType) -> Payload:
-    if written != kind or not all(isinstance(p, FileRegion) for p in placed):
-        return Assembly(tuple(placed), shape, written)
-    if len(placed) == 1:
+    """A region copied whole, a gather of long runs (each copied in the kernel), or an assembly: computed, cast,
+    or made of short rows (a rotary permutation), which worker threads gather while the writer goes on."""
+    plain = all(isinstance(p, FileRegion) for p in placed)
+    if written == kind and plain and len(placed) == 1:
         region = placed[0]
         assert isinstance(region, FileRegion)
         return region.sub(0, shape, kind)
-    return RowGather(tuple(placed), shape, kind)  # type: ignore[arg-type]
+    if written == kind and plain and all(p.nbytes >= KERNEL_RUN for p in placed):  # type: ignore[union-attr]
+        return RowGather(tuple(placed), shape, kind)  # type: ignore[arg-type]
+    return Assembly(tuple(placed), shape, written)
