@@ -8,6 +8,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -167,3 +168,31 @@ def test_a_row_gather_writes_its_parts_in_order(tmp_path: Path, buffer: int, ker
         write_gather(gather, f.fileno(), 7)
     source = {"a": data, "b": data[::-1]}
     assert (tmp_path / "out").read_bytes() == b"\xff" * 7 + b"".join(source[f][o: o + n] for f, o, n in spans)
+
+
+@pytest.mark.parametrize("rows", [16, 13], ids=["grouped-rows", "ungrouped-rows"])
+def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, rows: int,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(assembly, "_CHUNK", 29)  # chunks that cut output rows, on several threads
+    monkeypatch.setattr(assembly, "_TILE", 4)
+    bits = np.random.default_rng(0).integers(0, 1 << 16, rows * 24, dtype=np.uint16)
+    bits[:4] = [0x7C01, 0xFC01, 0x7E00, 0xFFFF]  # float16 NaN patterns: moved as they are, never as values
+    (tmp_path / "src").write_bytes(b"\0" * 6 + bits.tobytes())
+    f16 = BY_NAME["float16"]
+    matrix = FileRegion(tmp_path / "src", 6, (rows, 24), f16)
+    halves = tuple(FileRegion(tmp_path / "src", 6 + h * rows * 24, (rows, 12), f16) for h in (0, 1))
+    pieces = (assembly.Transposed(matrix), assembly.Interleaved(halves, rows))
+    with open(tmp_path / "out", "wb+") as f:
+        assembly.write_assembly(assembly.Assembly(pieces, (2 * rows * 24,), f16), f.fileno(), 0)
+    source = bits.reshape(rows, 24)
+    expected = np.concatenate([source.T.reshape(-1), np.hstack([bits[: rows * 12].reshape(rows, 12),
+                                                                bits[rows * 12:].reshape(rows, 12)]).reshape(-1)])
+    assert np.array_equal(np.frombuffer((tmp_path / "out").read_bytes(), dtype=np.uint16), expected)
+
+
+def test_an_assembly_past_the_end_of_its_file_is_an_io_error(tmp_path: Path) -> None:
+    (tmp_path / "short").write_bytes(b"\0" * 10)
+    f16 = BY_NAME["float16"]
+    piece = assembly.Transposed(FileRegion(tmp_path / "short", 0, (4, 4), f16))
+    with open(tmp_path / "out", "wb") as f, pytest.raises(OSError, match="short ended inside a tensor"):
+        assembly.write_assembly(assembly.Assembly((piece,), (4, 4), f16), f.fileno(), 0)
