@@ -8,7 +8,7 @@ Run on purpose (it writes several GB per path); prints a table, asserts nothing:
 Paths: ``experts`` (Mixtral, 8 ``consolidated.NN.pt``, per-expert keys: every byte but q/k is a rename),
 ``fused`` (the Hub's fused layout: w2's row blocks transposed), ``safetensors`` (one
 ``consolidated.safetensors``), ``cast`` (``experts`` converted with ``--dtype float16``), ``gemma`` (one
-``model.ckpt`` pickle, fused qkv split by rows) and, where the family exists, ``llama-mp8`` (8 model-parallel
+``model.ckpt`` pickle with its complex ``freqs_cis``, fused qkv split by rows) and ``llama-mp8`` (8 model-parallel
 rank files merged). Each measurement is the best of ``--runs`` runs, alternating ``cp -r``, ``cat`` into one
 file, and ``convparity convert`` of each ``--repo`` (several checkouts: a before/after table from one run), each
 followed by ``sync`` (warm page cache for all). ``convparity convert`` runs in a child process whose memory is
