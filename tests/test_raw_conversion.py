@@ -4,6 +4,7 @@ is its rule's forward, and the file indexes describe what torch reads (or declin
 from __future__ import annotations
 
 import pickle
+import queue
 import struct
 import zipfile
 from pathlib import Path
@@ -170,11 +171,15 @@ def test_a_row_gather_writes_its_parts_in_order(tmp_path: Path, buffer: int, ker
     assert (tmp_path / "out").read_bytes() == b"\xff" * 7 + b"".join(source[f][o: o + n] for f, o, n in spans)
 
 
+@pytest.mark.parametrize("staged", [True, False], ids=["staged-in-memfd", "pwrite"])
 @pytest.mark.parametrize("rows", [16, 13], ids=["grouped-rows", "ungrouped-rows"])
-def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, rows: int,
+def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, rows: int, staged: bool,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(assembly, "_CHUNK", 29)  # chunks that cut output rows, on several threads
     monkeypatch.setattr(assembly, "_TILE", 4)
+    if not staged:  # as where there is no memfd or no /proc: fresh buffers of plain memory, written with pwrite
+        monkeypatch.setattr(assembly, "_can_stage", lambda: False)
+        monkeypatch.setattr(assembly, "_FREE", queue.SimpleQueue())
     bits = np.random.default_rng(0).integers(0, 1 << 16, rows * 24, dtype=np.uint16)
     bits[:4] = [0x7C01, 0xFC01, 0x7E00, 0xFFFF]  # float16 NaN patterns: moved as they are, never as values
     (tmp_path / "src").write_bytes(b"\0" * 6 + bits.tobytes())

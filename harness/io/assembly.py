@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -236,6 +237,32 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL[0]
 
 
+def _forget_threads() -> None:
+    """In a forked child the pool's threads are gone: start afresh (buffers and permits too)."""
+    global _FREE, _IN_FLIGHT
+    _POOL.clear()
+    _FREE, _IN_FLIGHT = queue.SimpleQueue(), threading.BoundedSemaphore(_WINDOW)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_threads)
+
+
+@cache
+def _can_stage() -> bool:
+    """Whether chunks can be staged in a memfd: Linux, with /proc/self/fd to give each thread its own file."""
+    if not (sys.platform.startswith("linux") and hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")):
+        return False
+    probe = os.memfd_create("convparity-probe")
+    try:
+        os.close(os.open(f"/proc/self/fd/{probe}", os.O_WRONLY))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(probe)
+
+
 class _Buffers:
     """Where one chunk is computed: its source bits, then its output (the same place when nothing is cast).
 
@@ -248,8 +275,7 @@ class _Buffers:
     """
 
     def __init__(self) -> None:
-        linux = sys.platform.startswith("linux") and hasattr(os, "memfd_create")  # /proc/self/fd is needed too
-        self._fd = os.memfd_create("convparity-chunk") if linux else None
+        self._fd = os.memfd_create("convparity-chunk") if _can_stage() else None
         self._memory: mmap.mmap | np.ndarray | None = None
         self._size = 0
         self._scratch: np.ndarray | None = None
