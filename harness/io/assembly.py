@@ -2,11 +2,11 @@
 and casts to another float type.
 
 Its pieces are source regions read through memory maps, so nothing is loaded whole: the output is cut into chunks
-of about ``_CHUNK`` elements, each filled from its pieces, cast where asked (``harness.io.bit_casts``) and written
-with ``pwrite`` at its own offset. Chunks are independent, so several run at once (numpy releases the GIL while it
-copies). Memory stays near one chunk per thread whatever the tensor's size. Bytes that need neither a transpose, a
-join nor a cast never come here: the kernel copies them (``harness.io.row_gather``).
-"""
+of about ``_CHUNK`` elements, each filled from its pieces, cast where asked (``harness.io.bit_casts``), staged in a
+memory-backed file and copied into the shard at its own offset by the kernel. Chunks are independent, so several
+are computed at once (numpy releases the GIL while it works); they enter the shard one at a time. Memory stays near
+one chunk per thread whatever the tensor's size. Bytes that need neither a transpose, a join nor a cast never come
+here: the kernel copies them (``harness.io.row_gather``)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ from functools import cache
 
 import numpy as np
 
-from harness.io.bit_casts import cast_bits, unsigned
-from harness.io.file_regions import FileRegion, copy_range, merged_spans, nbytes
+from harness.io.bit_casts import cast_counting, unsigned
+from harness.io.file_regions import FileRegion, copy_range, merged_spans, nbytes, write_all
 from harness.io.nonfinite_bits import count_nonfinite_bits
 from harness.io.raw_dtypes import RawDType
 
 __all__ = ["Assembly", "Interleaved", "Piece", "Transposed", "write_assembly"]
 
-_CHUNK = 1 << 20  # output elements per chunk: small enough that one tensor keeps every thread busy
+_CHUNK = 1 << 22  # output elements per chunk: large enough that per-chunk work (maps, opens) is small beside it
 _TILE = 128  # rows and columns of one transposed tile: both sides stay in cache
 _CARRIER = np.dtype(np.complex128)  # a 16-byte element that numpy copies as raw bytes (no arithmetic touches it)
 _THREADS = min(4, os.cpu_count() or 1)
@@ -193,17 +193,17 @@ def _write_chunk(chunk: list[tuple[_Filler, int, int, int]], size: int, source: 
         for piece, first, count, per in chunk:
             n = count * per
             if casting and isinstance(piece, _Whole) and n >= _DIRECT:  # cast straight from the mapped file
-                mapped = files.elements(piece.region)[first: first + n]
-                cast_bits(mapped, source, target, out[at: at + n])
-                bad += count_nonfinite_bits(mapped, source, bits[at: at + n])  # its place in ``bits`` is free
+                bad += cast_counting(files.elements(piece.region)[first: first + n], source, target,
+                                     out[at: at + n])
             else:
                 piece.fill(first, count, bits[at: at + n], files)
                 filled.append((at, at + n))
             at += n
         for begin, end in _merged(filled):
             if casting:
-                cast_bits(bits[begin: end], source, target, out[begin: end])
-            bad += count_nonfinite_bits(bits[begin: end], source, buffers.scratch(end - begin, bits.dtype))
+                bad += cast_counting(bits[begin: end], source, target, out[begin: end])
+            else:
+                bad += count_nonfinite_bits(bits[begin: end], source, buffers.scratch(end - begin, bits.dtype))
         del files  # unmapped: the pages read leave the process
         buffers.write(out, fd, offset)
         tally.add(bad)
@@ -299,10 +299,7 @@ class _Buffers:
     def write(self, out: np.ndarray, fd: int, offset: int) -> None:
         """Write ``out`` (a view from ``views``) into ``fd`` at ``offset``."""
         if self._fd is None:
-            data = memoryview(out).cast("B")
-            while data:
-                n = os.pwrite(fd, data, offset)
-                data, offset = data[n:], offset + n
+            write_all(fd, memoryview(out), offset)
             return
         start = out.ctypes.data - np.frombuffer(self._memory, dtype=np.uint8).ctypes.data  # type: ignore[arg-type]
         # Its own open file: the kernel copy may write at the file position, which threads must not share.

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from harness.io.file_regions import FileRegion, copy_region, merged_spans, nbytes
+from harness.io.file_regions import FileRegion, copy_region, merged_spans, nbytes, write_all
 
 __all__ = ["RowGather", "write_gather"]
 
@@ -75,10 +75,7 @@ def _flush(buf: memoryview, pending: list[tuple[FileRegion, int]], fd: int, offs
     finally:
         for f in files.values():
             os.close(f)
-    view = buf[:used]
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
+    write_all(fd, buf[:used], offset)
 
 
 def _adjacent(pending: list[tuple[FileRegion, int]]) -> Iterator[list[tuple[FileRegion, int]]]:

@@ -13,7 +13,6 @@ removes it, leaving nothing behind.
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
 from harness.io.assembly import Assembly, Writes
-from harness.io.file_regions import FileRegion, copy_region
+from harness.io.file_regions import FileRegion, copy_region, write_all
 from harness.io.payload import Payload
 from harness.io.raw_dtypes import raw_dtype
 from harness.io.row_gather import RowGather, write_gather
@@ -119,7 +118,7 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
         offset += spec.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    _pwrite_all(fd, struct.pack("<Q", len(raw)) + raw, 0)
+    write_all(fd, struct.pack("<Q", len(raw)) + raw, 0)
     offset = 8 + len(raw)
     stream = iter(stream)
     writes = Writes()  # assemblies computed by worker threads while this loop goes on
@@ -157,12 +156,6 @@ def _write_tensor(fd: int, tensor: torch.Tensor, dtype: torch.dtype, offset: int
     step = flat.numel() if tensor.dtype == dtype else _CAST_CHUNK
     for start in range(0, flat.numel(), max(step, 1)):
         chunk = flat[start: start + step].to(dtype).view(torch.uint8)
-        _pwrite_all(fd, memoryview(chunk.numpy()), offset)
+        write_all(fd, memoryview(chunk.numpy()), offset)
         offset += chunk.numel()
 
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.pwrite(fd, view, offset)  # may write less than asked (Linux caps one call near 2 GiB)
-        view, offset = view[n:], offset + n
