@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from harness.io import assembly, row_gather
+from harness.io.bit_casts import cast_bits
 from harness.io.file_regions import FileRegion
 from harness.io.raw_dtypes import BY_NAME
 from harness.io.row_gather import RowGather, write_gather
@@ -52,6 +53,8 @@ def test_the_byte_path_writes_what_the_torch_path_writes(tmp_path: Path, family:
     if raw is None:
         pytest.skip("a step computes: the torch path alone")
     monkeypatch.setattr(assembly, "_CHUNK", 37)  # many chunks, cut inside rows, written by several threads
+    monkeypatch.setattr(assembly, "_DIRECT", 16)  # longer runs are cast straight from the mapped file
+    monkeypatch.setattr(assembly, "_BLOCK", 7)  # and cast in blocks that cut them
     output.write_converted(fam.convert(source), tmp_path / "raw", dtype=dtype, max_shard_size=20_000)
     monkeypatch.setattr(output, "raw_conversion", lambda *a: None)
     output.write_converted(fam.convert(source), tmp_path / "torch", dtype=dtype, max_shard_size=20_000)
@@ -193,6 +196,28 @@ def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, r
     expected = np.concatenate([source.T.reshape(-1), np.hstack([bits[: rows * 12].reshape(rows, 12),
                                                                 bits[rows * 12:].reshape(rows, 12)]).reshape(-1)])
     assert np.array_equal(np.frombuffer((tmp_path / "out").read_bytes(), dtype=np.uint16), expected)
+
+
+@pytest.mark.parametrize("staged", [True, False], ids=["staged-in-memfd", "pwrite"])
+def test_an_assembled_cast_writes_each_block_in_its_place(tmp_path: Path, staged: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(assembly, "_CHUNK", 23)
+    monkeypatch.setattr(assembly, "_DIRECT", 8)  # the long region is cast from its file, the short one copied first
+    monkeypatch.setattr(assembly, "_BLOCK", 5)
+    if not staged:
+        monkeypatch.setattr(assembly, "_can_stage", lambda: False)
+        monkeypatch.setattr(assembly, "_FREE", queue.SimpleQueue())
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)[::97]  # bfloat16 patterns of every kind
+    (tmp_path / "src").write_bytes(bits.tobytes())
+    bf16, f16 = BY_NAME["bfloat16"], BY_NAME["float16"]
+    pieces = (FileRegion(tmp_path / "src", 0, (bits.size - 6,), bf16),
+              FileRegion(tmp_path / "src", 2 * (bits.size - 6), (6,), bf16))
+    made = assembly.Assembly(pieces, (bits.size,), f16)
+    with open(tmp_path / "out", "wb+") as f:
+        assembly.write_assembly(made, f.fileno(), 0)
+    expected = cast_bits(bits, bf16, f16)
+    assert np.array_equal(np.frombuffer((tmp_path / "out").read_bytes(), dtype=np.uint16), expected)
+    assert made.nonfinite == [int(((bits & 0x7F80) == 0x7F80).sum())]
 
 
 def test_an_assembly_past_the_end_of_its_file_is_an_io_error(tmp_path: Path) -> None:

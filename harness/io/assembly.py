@@ -16,8 +16,9 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -35,6 +36,7 @@ _TILE = 128  # rows and columns of one transposed tile: both sides stay in cache
 _CARRIER = np.dtype(np.complex128)  # a 16-byte element that numpy copies as raw bytes (no arithmetic touches it)
 _THREADS = min(4, os.cpu_count() or 1)
 _DIRECT = 1 << 16  # a plain region at least this long is cast straight from its file, not copied first
+_BLOCK = 1 << 19  # elements cast and written at a time: the staging area and the cast's working memory stay in cache
 _PAGE = mmap.PAGESIZE
 
 
@@ -188,24 +190,31 @@ def _write_chunk(chunk: list[tuple[_Filler, int, int, int]], size: int, source: 
     buffers = _take_buffers()
     try:
         casting = target != source
-        bits, out = buffers.views(size, unsigned(source), unsigned(target) if casting else None)
-        at, files, filled, bad = 0, _Maps(), [], 0
+        bits = buffers.source(size, unsigned(source))
+        at, files, filled, direct, bad = 0, _Maps(), [], [], 0
         for piece, first, count, per in chunk:
             n = count * per
             if casting and isinstance(piece, _Whole) and n >= _DIRECT:  # cast straight from the mapped file
-                bad += cast_counting(files.elements(piece.region)[first: first + n], source, target,
-                                     out[at: at + n])
+                direct.append((at, files.elements(piece.region)[first: first + n]))
             else:
                 piece.fill(first, count, bits[at: at + n], files)
                 filled.append((at, at + n))
             at += n
-        for begin, end in _merged(filled):
-            if casting:
-                bad += cast_counting(bits[begin: end], source, target, out[begin: end])
-            else:
-                bad += count_nonfinite_bits(bits[begin: end], source, buffers.scratch(end - begin, bits.dtype))
+        with buffers.writer(fd) as write:
+            if not casting:
+                for begin, end in _merged(filled):
+                    bad += count_nonfinite_bits(bits[begin: end], source, buffers.scratch(end - begin, bits.dtype))
+                write(bits, offset)
+            else:  # block by block through a small staging area, written while it is still in cache
+                runs = sorted(direct + [(begin, bits[begin: end]) for begin, end in _merged(filled)],
+                              key=lambda run: run[0])
+                for at, values in runs:
+                    for start in range(0, values.size, _BLOCK):
+                        block = values[start: start + _BLOCK]
+                        staged = buffers.stage(block.size, unsigned(target))
+                        bad += cast_counting(block, source, target, staged)
+                        write(staged, offset + (at + start) * target.itemsize)
         del files  # unmapped: the pages read leave the process
-        buffers.write(out, fd, offset)
         tally.add(bad)
     finally:
         _FREE.put(buffers)
@@ -264,7 +273,8 @@ def _can_stage() -> bool:
 
 
 class _Buffers:
-    """Where one chunk is computed: its source bits, then its output (the same place when nothing is cast).
+    """Where one chunk is computed: its source bits (written as they are when nothing is cast), then a small
+    staging area for its cast output, block by block.
 
     The memory is a memory-backed file (``memfd``) mapped into the process, so that the finished output goes to
     the shard by an in-kernel copy: on the machines measured, ``pwrite`` of a process's own memory was two to
@@ -278,17 +288,21 @@ class _Buffers:
         self._fd = os.memfd_create("convparity-chunk") if _can_stage() else None
         self._memory: mmap.mmap | np.ndarray | None = None
         self._size = 0
+        self._staging = 0  # where the staging area starts: after the largest source so far, on a page of its own
         self._scratch: np.ndarray | None = None
 
-    def views(self, size: int, source: np.dtype, output: np.dtype | None) -> tuple[np.ndarray, np.ndarray]:
-        """Arrays of ``size`` source and output elements (the output is the source one when ``output`` is None)."""
-        first = -(-size * source.itemsize // _PAGE) * _PAGE  # the output starts on a page of its own
-        need = first + (size * output.itemsize if output is not None else 0)
+    def source(self, size: int, dtype: np.dtype) -> np.ndarray:
+        """An array of ``size`` source elements; the staging area follows it (the memory grows only here, so
+        views and ``writer`` stay valid for the whole chunk)."""
+        self._staging = max(self._staging, -(-size * dtype.itemsize // _PAGE) * _PAGE)
+        need = self._staging + _BLOCK * 8
         if need > self._size:
-            self._grow(max(need, 2 * _CHUNK * 4))
-        raw = np.frombuffer(self._memory, dtype=np.uint8)  # type: ignore[arg-type]
-        bits = raw[: size * source.itemsize].view(source)
-        return bits, (raw[first: first + size * output.itemsize].view(output) if output is not None else bits)
+            self._grow(max(need, _CHUNK * 8 + _BLOCK * 8 + _PAGE))
+        return self._raw()[: size * dtype.itemsize].view(dtype)
+
+    def stage(self, size: int, dtype: np.dtype) -> np.ndarray:
+        """An array of ``size`` (at most ``_BLOCK``) output elements, after the source's."""
+        return self._raw()[self._staging: self._staging + size * dtype.itemsize].view(dtype)
 
     def scratch(self, size: int, dtype: np.dtype) -> np.ndarray:
         """``size`` elements of working memory (the NaN/Inf test's masked bits)."""
@@ -296,18 +310,23 @@ class _Buffers:
             self._scratch = np.empty(max(size, _CHUNK) * dtype.itemsize, dtype=np.uint8)
         return self._scratch[: size * dtype.itemsize].view(dtype)
 
-    def write(self, out: np.ndarray, fd: int, offset: int) -> None:
-        """Write ``out`` (a view from ``views``) into ``fd`` at ``offset``."""
+    @contextmanager
+    def writer(self, fd: int) -> Iterator[Callable[[np.ndarray, int], None]]:
+        """A function that writes a view from ``source`` or ``stage`` into ``fd`` at an offset."""
         if self._fd is None:
-            write_all(fd, memoryview(out), offset)
+            yield lambda out, offset: write_all(fd, memoryview(out), offset)
             return
-        start = out.ctypes.data - np.frombuffer(self._memory, dtype=np.uint8).ctypes.data  # type: ignore[arg-type]
+        base = self._raw().ctypes.data
         # Its own open file: the kernel copy may write at the file position, which threads must not share.
         own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)
         try:
-            copy_range(self._fd, start, own, offset, out.nbytes, "a chunk buffer")
+            yield lambda out, offset: copy_range(self._fd, out.ctypes.data - base, own, offset, out.nbytes,
+                                                 "a chunk buffer")
         finally:
             os.close(own)
+
+    def _raw(self) -> np.ndarray:
+        return np.frombuffer(self._memory, dtype=np.uint8)  # type: ignore[arg-type]
 
     def _grow(self, size: int) -> None:
         self._memory = None  # drops the old mapping (no view of it outlives a chunk)
