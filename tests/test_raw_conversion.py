@@ -52,9 +52,9 @@ def test_the_byte_path_writes_what_the_torch_path_writes(tmp_path: Path, family:
     assert (raw is None) == ((family, case) in TORCH)
     if raw is None:
         pytest.skip("a step computes: the torch path alone")
-    monkeypatch.setattr(assembly, "_CHUNK", 37)  # many chunks, cut inside rows, written by several threads
+    monkeypatch.setattr(assembly, "_CHUNK", 97)  # many chunks, cut inside rows, written by several threads
     monkeypatch.setattr(assembly, "_DIRECT", 16)  # longer runs are cast straight from the mapped file
-    monkeypatch.setattr(assembly, "_BLOCK", 7)  # and cast in blocks that cut them
+    monkeypatch.setattr(assembly, "_BLOCK", 20)  # and cast in blocks that cut them
     output.write_converted(fam.convert(source), tmp_path / "raw", dtype=dtype, max_shard_size=20_000)
     monkeypatch.setattr(output, "raw_conversion", lambda *a: None)
     output.write_converted(fam.convert(source), tmp_path / "torch", dtype=dtype, max_shard_size=20_000)
