@@ -16,7 +16,10 @@ from harness.registry import family
 
 # The child converts a tiny Mixtral, sleeping between tensors so that there is time to signal it mid-write.
 _SLOW_CONVERT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    # Ctrl-C as in an interactive shell, even where pytest itself was started in the background by a shell
+    # without job control (which ignores SIGINT for its background jobs and so for their children)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from harness.mapping import output
     checked = output.refuse_nonfinite  # the stream the writer takes, on the byte path and the torch path alike
     def slow(stream, **options):
