@@ -14,6 +14,13 @@ file, and ``convparity convert`` of each ``--repo`` (several checkouts: a before
 followed by ``sync`` (warm page cache for all). ``convparity convert`` runs in a child process whose memory is
 sampled every 20 ms: peak RSS includes file-backed pages of the memory-mapped source, peak anon is what the
 process allocated.
+
+Every timed command waits ``--settle`` seconds first. On a virtual machine that hands freed memory back to its
+host (virtio-balloon free page reporting, which waits about 2 s), the pages that the previous run's output
+freed are cheap to reuse only for a moment: writing 3.4 GB of new page cache took 1.1-1.5 s straight after a
+delete and 3.8-5.2 s after a pause, on the same host. Without the wait, whichever command starts soonest after a
+delete gets the discount (a ``cp`` straight after ``rm`` does; a conversion that first starts Python may not). The
+wait gives every command the state a fresh process meets; ``--settle 0`` measures back to back.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ def main() -> None:
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=2, help="runs per measurement, best kept (default 2)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/convparity-bench"))
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="seconds to wait before each timed command, so each starts from the same memory state "
+                             "(default %(default)s; see above)")
     parser.add_argument("--repo", type=Path, action="append",
                         help="checkout whose convparity is measured (default: this one); repeat to compare checkouts "
                              "in the same run, e.g. an older commit and this one")
@@ -62,12 +72,13 @@ def main() -> None:
                 print(f"{path:<12} skipped: the family is not installed", flush=True)
                 continue
             family, options = made
-            _measure(path, family, options, workdir, args.runs, repos)
+            _measure(path, family, options, workdir, args.runs, repos, args.settle)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _measure(path: str, family: str, options: list[str], workdir: Path, runs: int, repos: list[Path]) -> None:
+def _measure(path: str, family: str, options: list[str], workdir: Path, runs: int, repos: list[Path],
+             settle: float) -> None:
     source = workdir / "source"
     size = sum(f.stat().st_size for f in source.iterdir())
     files = sorted(str(f) for f in source.iterdir())
@@ -76,11 +87,14 @@ def _measure(path: str, family: str, options: list[str], workdir: Path, runs: in
     convert: dict[Path, list[float]] = {repo: [] for repo in repos}
     peaks = {repo: {"VmRSS": 0, "RssAnon": 0} for repo in repos}
     for _ in range(runs):
+        time.sleep(settle)
         cp.append(_timed(["cp", "-r", str(source), str(workdir / "copy")]))
         shutil.rmtree(workdir / "copy")
+        time.sleep(settle)
         cat.append(_timed(["sh", "-c", 'cat "$@" > "$0"', str(workdir / "cat.bin"), *files]))
         (workdir / "cat.bin").unlink()
         for repo in repos:
+            time.sleep(settle)
             seconds, run_peaks = _convert(path, repo, [family, str(source), str(workdir / "hf"), *options])
             convert[repo].append(seconds)
             peaks[repo] = {k: max(v, run_peaks[k]) for k, v in peaks[repo].items()}
