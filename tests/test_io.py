@@ -41,6 +41,24 @@ def test_torch_files_are_memory_mapped_and_unwrapped(tmp_path: Path) -> None:
         open_torch(tmp_path / "m.ckpt", key="state_dict")
 
 
+def test_a_tensor_with_a_region_is_copied_out_of_it_without_unpickling(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    saved = {"w": base, "b": torch.randn(5).to(torch.bfloat16), "ids": torch.arange(3), "t": base.t()}
+    torch.save(saved, tmp_path / "m.pth")
+    store = open_torch(tmp_path / "m.pth")
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    for name in ("w", "b", "ids"):
+        got = store[name]
+        assert got.dtype == saved[name].dtype and torch.equal(got, saved[name]), name
+        got.zero_()  # a copy: the file is untouched
+    assert not loads
+    assert torch.equal(store["w"], base)
+    assert torch.equal(store["t"], base.t()) and loads  # a transposed view is no one region: torch reads it
+
+
 def test_safetensors_store_reads_metadata_without_data(tmp_path: Path) -> None:
     save_file({"a": torch.zeros(4, dtype=torch.bfloat16)}, tmp_path / "x.safetensors")
     store = open_safetensors(tmp_path / "x.safetensors")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.mutation import runner as mutate
-from harness.mutation.catalogue import Mutable, swap_names
+from harness.mutation.catalogue import Mutable, swap_names, transpose_square_weight
 from harness.registry import families, family
 from tests.family_strategies import STRATEGIES
 
@@ -86,6 +87,20 @@ def test_mutant_that_changes_nothing_is_not_applicable(tmp_path: Path) -> None:
     m = run.clean.copy()
     swap_names(m, ".experts.0.", ".experts.1.")  # RWKV has no experts
     assert m.same_as(run.clean)
+
+
+def test_a_case_runs_its_reference_once_for_all_the_models_it_judges(tmp_path: Path) -> None:
+    calls = []
+    real = family("rwkv")
+    fam = dataclasses.replace(real, reference=lambda *a, **k: calls.append(1) or real.reference(*a, **k))
+    run = mutate.prepare(fam, "base", fam.cases["base"], tmp_path)
+    clean = [mutate.evaluate(fam, run, run.clean, run.source, "float32", tmp_path) for _ in range(2)]
+    bug = mutate.evaluate(fam, run, mutate.plant(transpose_square_weight, run.clean), run.source, "float32", tmp_path)
+    assert len(calls) == 1
+    assert not any(r.killed for r in clean) and bug.killed  # the kept outputs judge the mutant as before
+    assert clean[0].value == clean[1].value
+    mutate.evaluate(fam, run, run.clean, mutate.reference_source(fam, run, "bfloat16"), "bfloat16", tmp_path)
+    assert len(calls) == 2  # another source (the rounded checkpoint) is another reference
 
 
 def swap_experts_with_router(m: Mutable) -> None:

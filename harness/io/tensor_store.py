@@ -227,10 +227,17 @@ def open_torch(path: Path, key: str | None = None) -> TensorStore:
 
 
 def _indexed(path: Path, found: Mapping[str, StoredTensor], load: Callable[[str], torch.Tensor]) -> TensorStore:
-    """A store over an indexed file: metadata and regions from the index, each tensor loaded by ``load(name)``."""
-    return TensorStore({name: partial(load, name) for name in found},
+    """A store over an indexed file: metadata and regions from the index. A tensor is copied out of its region
+    where it has one (nothing unpickled: a torch file's whole pickle is read again for every ``load``), else loaded
+    by ``load(name)``."""
+    return TensorStore({name: partial(_copy_region_out, t.region) if t.region is not None else partial(load, name)
+                        for name, t in found.items()},
                        {name: (t.shape, t.dtype) for name, t in found.items()}, dict.fromkeys(found, str(path)),
                        {name: t.region for name, t in found.items() if t.region is not None})
+
+
+def _copy_region_out(region: FileRegion) -> torch.Tensor:
+    return region.mapped().clone()
 
 
 def _state_dict(path: Path, key: str | None) -> tuple[dict[str, torch.Tensor], bool]:

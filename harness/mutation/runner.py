@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from harness.mutation.catalogue import GENERIC
 from harness.mutation.planting import Mutable, Mutant, about
 from harness.parity.html_report import mutate_page, write_html
 from harness.parity.metrics import DTYPES
-from harness.parity.parity import load_converted, make_tokens, run_parity
+from harness.parity.parity import ReferenceMemo, load_converted, make_tokens, run_parity
 from harness.parity.report import write_document
 from harness.terminal import bar
 
@@ -50,13 +50,15 @@ BATCH, SEQ = 2, 32  # long enough that rotary-frequency and position errors reac
 
 @dataclass
 class CaseRun:
-    """One case ready for mutation: the source as read back, its clean conversion, the tokens."""
+    """One case ready for mutation: the source as read back, its clean conversion, the tokens, and the
+    reference's outputs on them (computed once, whatever the number of mutants held to them)."""
 
     name: str
     source: SourceCheckpoint
     clean: Mutable
     tokens: torch.Tensor
     vocab_size: int
+    references: ReferenceMemo = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -128,7 +130,7 @@ def evaluate(family: Family, run: CaseRun, m: Mutable, reference: SourceCheckpoi
         except Exception as err:  # noqa: BLE001 - any load failure is the check catching the conversion
             return _killed(run, dtype, "load", f"{type(err).__name__}: {_first_line(err)}")
         try:
-            result = run_parity(family, run.name, reference, model, "cpu", "float32", run.tokens)
+            result = run_parity(family, run.name, reference, model, "cpu", "float32", run.tokens, run.references)
         except Exception as err:  # noqa: BLE001 - a crash on valid tokens fails the check as well
             return _killed(run, dtype, "forward", f"{type(err).__name__}: {_first_line(err)}")
     finally:

@@ -21,8 +21,12 @@ from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.family import Family
 from harness.parity.metrics import DTYPES, Metrics, Tolerance, compare_logits, tolerance_for
 
-__all__ = ["ParityResult", "UpcastTensors", "cuda_skip_reason", "devices", "load_converted", "make_tokens",
-           "run_parity"]
+__all__ = ["ParityResult", "ReferenceMemo", "UpcastTensors", "cuda_skip_reason", "devices", "load_converted",
+           "make_tokens", "run_parity"]
+
+ReferenceOutputs = tuple[torch.Tensor, list[torch.Tensor]]  # logits, hidden states
+# (id of the source, device, dtype) -> (that source, its outputs): the source is held so that its id stays its own
+ReferenceMemo = dict[tuple[int, str, str], tuple[SourceCheckpoint, ReferenceOutputs]]
 
 
 @dataclass
@@ -140,13 +144,16 @@ def load_converted(model_dir: Path, device: str, dtype: str, family: Family | No
 
 
 def run_parity(family: Family, case: str, source: SourceCheckpoint, model: Any, device: str, dtype: str,
-               tokens: torch.Tensor) -> ParityResult:
-    """Run the reference and the loaded model on ``tokens`` and judge the logits against the tolerance."""
+               tokens: torch.Tensor, memo: ReferenceMemo | None = None) -> ParityResult:
+    """Run the reference and the loaded model on ``tokens`` and judge the logits against the tolerance.
+
+    ``memo``, kept by the caller for one set of ``tokens``, holds the reference's outputs for each source, device
+    and dtype it was asked for: a mutation run holds many converted models to the same reference."""
     result = ParityResult(family.name, case, device, dtype)
     tol = tolerance_for(device, dtype)
     tokens = tokens.to(device)
     with torch.no_grad():
-        ref_logits, ref_hidden = _reference(family, source, tokens, device, dtype)
+        ref_logits, ref_hidden = _reference(family, source, tokens, device, dtype, memo)
         out = model(tokens, output_hidden_states=True)
         logits = out.logits.float()
         if logits.shape != ref_logits.shape:  # e.g. a vocabulary cut to the wrong size
@@ -154,7 +161,7 @@ def run_parity(family: Family, case: str, source: SourceCheckpoint, model: Any, 
             return result
         exact_hidden = None
         if dtype != "float32":
-            exact, exact_hidden = _reference(family, source, tokens, device, "float32")
+            exact, exact_hidden = _reference(family, source, tokens, device, "float32", memo)
             result.noise = (ref_logits - exact).abs().max().item()
             result.drift = compare_logits(exact, ref_logits)
     result.metrics, result.tolerance = compare_logits(ref_logits, logits), tol
@@ -168,10 +175,16 @@ def run_parity(family: Family, case: str, source: SourceCheckpoint, model: Any, 
     return result
 
 
-def _reference(family: Family, source: SourceCheckpoint, tokens: torch.Tensor, device: str,
-               dtype: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _reference(family: Family, source: SourceCheckpoint, tokens: torch.Tensor, device: str, dtype: str,
+               memo: ReferenceMemo | None = None) -> ReferenceOutputs:
+    key = (id(source), device, dtype)
+    if memo is not None and key in memo and memo[key][0] is source:
+        return memo[key][1]
     tensors = UpcastTensors(source.tensors, device, DTYPES[dtype])
-    return family.reference(tensors, source.config, tokens, hidden_states=True)
+    outputs = family.reference(tensors, source.config, tokens, hidden_states=True)
+    if memo is not None:
+        memo[key] = (source, outputs)
+    return outputs
 
 
 def _cast(t: torch.Tensor, device: str, dtype: torch.dtype) -> torch.Tensor:
