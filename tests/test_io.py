@@ -13,6 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.errors import ConversionError
+from harness.io.assembly import Assembly
+from harness.io.file_regions import FileRegion
+from harness.io.raw_dtypes import BY_NAME
 from harness.io.sniff import container
 from harness.io.tensor_store import TensorSpec, TensorStore, open_safetensors, open_torch
 from harness.io.writer import parse_size, plan_shards, write_model_dir
@@ -102,6 +105,21 @@ def test_writer_streams_shards_with_an_index(tmp_path: Path) -> None:
         loaded |= load_file(tmp_path / "out" / name)
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
     assert json.loads((tmp_path / "out" / "config.json").read_text()) == {"model_type": "x"}
+
+
+def test_writer_reports_every_byte_once_whatever_the_payload(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(torch.arange(16, dtype=torch.float32).numpy().tobytes())
+    f32, bf16 = BY_NAME["float32"], BY_NAME["bfloat16"]
+    region = FileRegion(tmp_path / "src", 0, (4,), torch.float32)  # copied file to file
+    cast = Assembly((FileRegion(tmp_path / "src", 16, (12,), f32),), (12,), bf16)  # computed in chunks
+    specs = [TensorSpec("r", (4,), torch.float32), TensorSpec("a", (12,), torch.bfloat16),
+             TensorSpec("t", (4,), torch.float32)]
+    reported: list[int] = []
+    write_model_dir(tmp_path / "out", {}, specs, iter([("r", region), ("a", cast), ("t", torch.ones(4))]),
+                    max_shard_size=10**9, progress=reported.append)
+    assert sorted(reported) == [16, 16, 24]
+    loaded = load_file(tmp_path / "out" / "model.safetensors")
+    assert torch.equal(loaded["a"], torch.arange(4, 16, dtype=torch.float32).to(torch.bfloat16))
 
 
 def test_writer_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ is its rule's forward, and the file indexes describe what torch reads (or declin
 
 from __future__ import annotations
 
+import os
 import pickle
 import queue
 import struct
@@ -218,6 +219,28 @@ def test_an_assembled_cast_writes_each_block_in_its_place(tmp_path: Path, staged
     expected = cast_bits(bits, bf16, f16)
     assert np.array_equal(np.frombuffer((tmp_path / "out").read_bytes(), dtype=np.uint16), expected)
     assert made.nonfinite == [int(((bits & 0x7F80) == 0x7F80).sum())]
+
+
+def test_progress_counts_only_bytes_already_in_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(assembly, "_CHUNK", 64)  # a chunk per output row, on several threads
+    bits = np.arange(1, 64 * 64 + 1, dtype=np.uint16)  # no zero: a zero in the output is a byte not written yet
+    (tmp_path / "src").write_bytes(bits.tobytes())
+    f16 = BY_NAME["float16"]
+    made = assembly.Assembly((assembly.Transposed(FileRegion(tmp_path / "src", 0, (64, 64), f16)),), (64 * 64,), f16)
+    expected = bits.reshape(64, 64).T.reshape(-1)
+    reported: list[int] = []
+    with open(tmp_path / "out", "wb+") as f:
+        f.truncate(expected.nbytes)
+
+        def progress(nbytes: int) -> None:  # runs on a worker thread; a failure here fails ``finish``
+            reported.append(nbytes)
+            in_file = np.frombuffer(os.pread(f.fileno(), expected.nbytes, 0), dtype=np.uint16)
+            assert np.count_nonzero(in_file == expected) * 2 >= sum(reported)
+
+        writes = assembly.Writes(progress)
+        writes.start(made, f.fileno(), 0)
+        writes.finish()
+    assert reported == [128] * 64
 
 
 def test_an_assembly_past_the_end_of_its_file_is_an_io_error(tmp_path: Path) -> None:

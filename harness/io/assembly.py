@@ -153,10 +153,15 @@ class Writes:
     """Assemblies being written by the worker threads. ``start`` returns once the tensor's chunks are queued (it
     waits only while ``_WINDOW`` chunks are in flight, which bounds memory), so the caller goes on to the next
     tensor while this one is computed: workers never idle between tensors. ``finish`` waits for every chunk and
-    raises the first error; the file must stay open until it returns."""
+    raises the first error; the file must stay open until it returns.
 
-    def __init__(self) -> None:
+    ``progress``, if given, is told the bytes of each chunk once they are in the file, from the worker threads;
+    the caller reports the bytes it writes itself through ``advance``, so that one call runs at a time."""
+
+    def __init__(self, progress: Callable[[int], None] | None = None) -> None:
         self._futures: list[Future[None]] = []
+        self._progress = progress
+        self._reporting = threading.Lock()
 
     def start(self, assembly: Assembly, fd: int, offset: int) -> None:
         regions = assembly.regions()
@@ -172,7 +177,7 @@ class Writes:
             _IN_FLIGHT.acquire()
             where = offset + starts[i] * assembly.dtype.itemsize
             self._futures.append(_pool().submit(_write_chunk, chunk, starts[i + 1] - starts[i], source,
-                                                assembly.dtype, fd, where, tally))
+                                                assembly.dtype, fd, where, tally, self.advance))
 
     def finish(self, *, raising: bool = True) -> None:
         """Wait for every chunk (the file may close only then); raise the first error unless not ``raising``
@@ -183,10 +188,16 @@ class Writes:
         if first is not None and raising:
             raise first
 
+    def advance(self, nbytes: int) -> None:
+        """Tell ``progress`` that ``nbytes`` more are in the file."""
+        if self._progress is not None:
+            with self._reporting:
+                self._progress(nbytes)
+
 
 def _write_chunk(chunk: list[tuple[_Filler, int, int, int]], size: int, source: RawDType, target: RawDType,
-                 fd: int, offset: int, tally: _Tally) -> None:
-    """Compute one chunk (fill from the files, cast, count NaN/Inf in the source bits) and write it."""
+                 fd: int, offset: int, tally: _Tally, written: Callable[[int], None]) -> None:
+    """Compute one chunk (fill from the files, cast, count NaN/Inf in the source bits), write it, and say so."""
     buffers = _take_buffers()
     try:
         casting = target != source
@@ -216,6 +227,7 @@ def _write_chunk(chunk: list[tuple[_Filler, int, int, int]], size: int, source: 
                         write(staged, offset + (at + start) * target.itemsize)
         del files  # unmapped: the pages read leave the process
         tally.add(bad)
+        written(size * target.itemsize)
     finally:
         _FREE.put(buffers)
         _IN_FLIGHT.release()

@@ -121,7 +121,7 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
     write_all(fd, struct.pack("<Q", len(raw)) + raw, 0)
     offset = 8 + len(raw)
     stream = iter(stream)
-    writes = Writes()  # assemblies computed by worker threads while this loop goes on
+    writes = Writes(progress)  # assemblies computed by worker threads while this loop goes on
     try:
         for spec in group:
             name, payload = next(stream)
@@ -130,18 +130,18 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
             if name != spec.name or tuple(payload.shape) != spec.shape or not castable:
                 raise RuntimeError(f"planned {spec.name} {spec.shape} {spec.dtype}, got {name} "
                                    f"{tuple(payload.shape)} {payload.dtype}")
-            if isinstance(payload, FileRegion) and payload.dtype == spec.dtype:
-                copy_region(payload, fd, offset)
-            elif isinstance(payload, RowGather) and payload.dtype == spec.dtype:
-                write_gather(payload, fd, offset)
-            elif isinstance(payload, Assembly):  # computed and cast without torch, to the planned dtype
+            if isinstance(payload, Assembly):  # computed and cast without torch; its chunks report as they land
                 writes.start(payload, fd, offset)
             else:
-                tensor = payload.mapped() if isinstance(payload, FileRegion) else payload  # (a gather: never cast)
-                _write_tensor(fd, tensor.detach().to("cpu"), spec.dtype, offset)
+                if isinstance(payload, FileRegion) and payload.dtype == spec.dtype:
+                    copy_region(payload, fd, offset)
+                elif isinstance(payload, RowGather) and payload.dtype == spec.dtype:
+                    write_gather(payload, fd, offset)
+                else:
+                    tensor = payload.mapped() if isinstance(payload, FileRegion) else payload  # (a gather: never cast)
+                    _write_tensor(fd, tensor.detach().to("cpu"), spec.dtype, offset)
+                writes.advance(spec.nbytes)
             offset += spec.nbytes
-            if progress is not None:
-                progress(spec.nbytes)
     except BaseException:
         writes.finish(raising=False)
         raise
