@@ -32,9 +32,8 @@ from harness.registry import families
 
 CASES = [(name, case) for name, fam in families().items() for case in fam.cases]
 # The cases that need torch: int8 weights are dequantized (gemma quant), a NeMo pickle holds more than tensors and
-# its qkv is regrouped and transposed (gpt_sw3), RWKV's loader reads the whole dict to tell its version apart.
-TORCH = {("gemma", "quant"), *(("gpt_sw3", c) for c in families()["gpt_sw3"].cases),
-         *(("rwkv", c) for c in families()["rwkv"].cases)}
+# its qkv is regrouped and transposed (gpt_sw3).
+TORCH = {("gemma", "quant"), *(("gpt_sw3", c) for c in families()["gpt_sw3"].cases)}
 CASTS = [None, "float16", "bfloat16", "float32"]
 
 

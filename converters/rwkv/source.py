@@ -3,28 +3,33 @@
 Mirrors what RWKV-LM ``RWKV-v4neo/src/model.py`` (@ 524481d5) ``state_dict()`` saves and what the ``rwkv``
 pip runtime 0.8.32 (``rwkv/model.py`` L642-679) reads: the hyper-parameters are recovered from shapes, and
 the model version from which keys exist. Storage is fp32, bf16 or fp16 (RWKV-LM trains with bf16).
+
+Reading needs no torch: a release file (a torch zip archive) is indexed as it lies, so its tensors, which the
+conversion only renames, go file to file on the byte path. torch is imported to draw or write a tiny model.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
-from harness.io.tensor_store import TensorStore, load_pickle, state_dict_problem
-from harness.io.tiny import random_normal, random_weights
+from harness.io.raw_dtypes import raw_dtype
+from harness.io.tensor_store import TensorStore, load_pickle, open_torch, state_dict_problem
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.family import Case
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["CASES", "OPTIONS", "RESCALE_EVERY", "SIZES", "detect_version", "read", "shapes", "tiny", "write"]
 
-STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# The runtime rescales exactly when it computes in fp16 (pkg L634): 6 for fp16-stored files, else 0.
-# Why this choice and the figures behind it: converters/rwkv/convert.py.
-RESCALE_EVERY = {torch.float16: 6}
+STORAGE = ("float32", "bfloat16", "float16")  # what ``tiny`` stores its weights as
+# The runtime rescales exactly when it computes in fp16 (pkg L634): 6 for fp16-stored files, else 0 (by the
+# storage dtype's name). Why this choice and the figures behind it: converters/rwkv/convert.py.
+RESCALE_EVERY = {"float16": 6}
 CTX_LEN = 1024  # RWKV-LM train.py default; not in the file (releases put it in the name, "...-ctx4096.pth")
 
 # Released RWKV-4 "Pile" sizes (the old transformers converter's NUM_HIDDEN_LAYERS_MAPPING/HIDEN_SIZE_MAPPING,
@@ -74,15 +79,21 @@ def shapes(config: dict[str, Any], layout: str = "default") -> dict[str, tuple[i
 
 def tiny(seed: int = 0, layout: str = "default", storage: str = "float32", **overrides: Any) -> SourceCheckpoint:
     """A random RWKV-4 with BlinkDL-like time parameters, stored in ``storage`` (float32, bfloat16, float16)."""
+    import torch
+
+    from harness.io.tiny import random_weights
+
+    if storage not in STORAGE:
+        raise ConversionError(f"unknown storage {storage!r}; choose one of {', '.join(STORAGE)}")
     config = {**TINY, **overrides}
     weights = random_weights(shapes(config), seed, norms=["*.ln*.weight"], embeddings=["emb.weight"],
                              gains={"head.weight": 2.0})
     L, C, A = config["n_layer"], config["n_embd"], config["dim_att"]
     for i in range(L):
         weights |= _time_params(f"blocks.{i}.", i / max(L - 1, 1), 1 - i / L, C, A, seed + 1)
-    tensors = {k: t.to(STORAGE[storage]) for k, t in weights.items()}
+    tensors = {k: t.to(getattr(torch, storage)) for k, t in weights.items()}
     rescale = config.pop("rescale_every", None)
-    config |= {"rescale_every": _rescale_every(rescale, STORAGE[storage]), "ctx_len": CTX_LEN}
+    config |= {"rescale_every": _rescale_every(rescale, storage), "ctx_len": CTX_LEN}
     return SourceCheckpoint(config, TensorStore.from_dict(tensors))
 
 
@@ -93,24 +104,13 @@ def read(path: Path, config: Path | None = None, rescale_every: int | None = Non
         raise ConversionError(f"rwkv .pth files have no config file, every size is read from tensor shapes; "
                               f"drop --config {config}")
     file = _pth_file(path)
-    obj = load_pickle(file)
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
-        found = "keys that are not strings" if obj and isinstance(obj, dict) else type(obj).__name__
-        raise ConversionError(f"{file} is not a state dict (found {found}); expected BlinkDL's "
-                              f"RWKV-4 .pth, a dict of tensors such as emb.weight, blocks.0.att.key.weight")
-    version = detect_version(obj)
+    tensors = _open(file)
+    version = detect_version({k: tensors.raw_meta(k)[0] for k in tensors})
     if version != "4":
-        raise ConversionError(f"{file} is an RWKV-{version} checkpoint; this converter handles RWKV-4 only "
-                              f"(transformers' RwkvForCausalLM); convert the original RWKV-4 .pth release")
-    not_tensors = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
-    if not_tensors:
-        raise ConversionError(f"{file} holds non-tensor entries {not_tensors[:5]}; expected a flat state dict")
-    problem = state_dict_problem(obj)
-    if problem is not None:
-        raise ConversionError(f"{file} is not a flat state dict of tensors: {problem}")
-    tensors = TensorStore.from_dict(obj, origin=str(file))
+        raise _not_v4(file, version)
     sizes = _sizes_from_shapes(tensors, file)
-    rescale = _rescale_every(rescale_every, tensors.meta("emb.weight")[1])
+    storage = raw_dtype(tensors.raw_meta("emb.weight")[1])
+    rescale = _rescale_every(rescale_every, storage.name if storage is not None else "")
     notes = [] if rescale or rescale_every is not None else [
         "rescale_every=0 (exact fp32/bf16 parity with the rwkv runtime); to run this model in float16, convert "
         "with --rescale-every 6, or deep models overflow"]
@@ -118,12 +118,47 @@ def read(path: Path, config: Path | None = None, rescale_every: int | None = Non
                             notes=notes)
 
 
-def _rescale_every(chosen: int | None, storage: torch.dtype) -> int:
+def _open(file: Path) -> TensorStore:
+    """The file's tensors, indexed in place where it is a flat state dict of tensors. Anything else is unpickled
+    (data only) to say what it is: another RWKV version (the runtime's own converted files carry non-tensor
+    entries), something that is not a state dict, or one with entries that are not tensors."""
+    try:
+        return open_torch(file)
+    except ConversionError as declined:
+        import torch
+
+        obj = load_pickle(file)
+        if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
+            found = "keys that are not strings" if obj and isinstance(obj, dict) else type(obj).__name__
+            raise ConversionError(f"{file} is not a state dict (found {found}); expected BlinkDL's "
+                                  f"RWKV-4 .pth, a dict of tensors such as emb.weight, "
+                                  f"blocks.0.att.key.weight") from None
+        version = detect_version({k: tuple(v.shape) if isinstance(v, torch.Tensor) else v for k, v in obj.items()})
+        if version != "4":
+            raise _not_v4(file, version) from None
+        not_tensors = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+        if not_tensors:
+            raise ConversionError(f"{file} holds non-tensor entries {not_tensors[:5]}; expected a flat state "
+                                  f"dict") from None
+        problem = state_dict_problem(obj)
+        if problem is not None:
+            raise ConversionError(f"{file} is not a flat state dict of tensors: {problem}") from None
+        raise declined from None
+
+
+def _not_v4(file: Path, version: str) -> ConversionError:
+    return ConversionError(f"{file} is an RWKV-{version} checkpoint; this converter handles RWKV-4 only "
+                           f"(transformers' RwkvForCausalLM); convert the original RWKV-4 .pth release")
+
+
+def _rescale_every(chosen: int | None, storage: str) -> int:
     return RESCALE_EVERY.get(storage, 0) if chosen is None else chosen
 
 
 def write(checkpoint: SourceCheckpoint, path: Path, container: str = "default") -> None:
     """``torch.save`` the flat state dict into ``path/RWKV-4-Pile-<size>.pth`` (tensors as stored)."""
+    import torch
+
     if container != "default":
         raise ConversionError(f"unknown container {container!r}; rwkv has one: a flat .pth (choose 'default')")
     path.mkdir(parents=True, exist_ok=True)
@@ -132,19 +167,23 @@ def write(checkpoint: SourceCheckpoint, path: Path, container: str = "default") 
     torch.save({k: checkpoint.tensors[k].contiguous() for k in checkpoint.tensors}, path / name)
 
 
-def detect_version(state: dict[str, Any]) -> str:
+def detect_version(entries: Mapping[str, Any]) -> str:
     """The RWKV version that the keys reveal, as the runtime decides it (pkg L663-679), plus v7 and converted files.
 
-    "converted" marks a file the runtime itself rewrote (``convert_and_save_and_exit``, pkg L647-656).
+    ``entries``: each tensor's shape (a tuple), any other entry as it is. "converted" marks a file the runtime
+    itself rewrote (``convert_and_save_and_exit``, pkg L647-656).
+
+    >>> detect_version({"blocks.0.att.time_decay": (4, 8)})
+    '5.2 (it has blocks.0.att.time_decay)'
     """
-    keys = list(state)
-    if "_strategy" in state or "_version" in state:
-        return f"converted (by the rwkv runtime, strategy {state.get('_strategy')!r}; not a release file)"
+    keys = list(entries)
+    if "_strategy" in entries or "_version" in entries:
+        return f"converted (by the rwkv runtime, strategy {entries.get('_strategy')!r}; not a release file)"
     found = {
         "7": [k for k in keys if k.endswith(("att.r_k", "att.w0", "att.x_r"))],  # pkg RWKV_x070 keys
         "6": [k for k in keys if "time_maa" in k],
-        "5.2": [k for k in keys if k.endswith("att.time_decay") and isinstance(state[k], torch.Tensor)
-                and state[k].dim() > 1 and state[k].shape[1] > 1],
+        "5.2": [k for k in keys if k.endswith("att.time_decay") and isinstance(shape := entries[k], tuple)
+                and len(shape) > 1 and shape[1] > 1],
         "5.1": [k for k in keys if "gate.weight" in k],
         "5": [k for k in keys if "ln_x" in k or "time_faaaa" in k],
     }
@@ -162,6 +201,10 @@ def _time_params(p: str, ratio_0_to_1: float, ratio_1_to_0: float, C: int, A: in
     ``sqrt(x)`` of the same range and monotonicity, because vectorised ``pow`` differs in its last bits between
     CPUs and tiny sources must be identical on every host (harness.io.tiny).
     """
+    import torch
+
+    from harness.io.tiny import random_normal
+
     h = torch.arange(A, dtype=torch.float64) / max(A - 1, 1)
     decay = -5 + 8 * (h * (1 - ratio_0_to_1) + h * h * ratio_0_to_1)  # -5 .. 3 across channels: raw w, before -exp
     zigzag = 0.5 * (((torch.arange(A, dtype=torch.float64) + 1) % 3) - 1)
@@ -202,7 +245,7 @@ def _pth_file(path: Path) -> Path:
 def _sizes_from_shapes(tensors: TensorStore, file: Path) -> dict[str, int]:
     """n_layer, n_embd, dim_att, dim_ffn, vocab_size from shapes, as the runtime does (pkg L658-666)."""
     needed = ("emb.weight", "blocks.0.att.key.weight", "blocks.0.ffn.key.weight")
-    missing = [k for k in needed if k not in tensors or len(tensors.meta(k)[0]) != 2]
+    missing = [k for k in needed if k not in tensors or len(tensors.raw_meta(k)[0]) != 2]
     if missing:
         raise ConversionError(f"{file} has no 2-D {', '.join(missing)}; expected BlinkDL's RWKV-4 state dict "
                               f"(keys emb.weight, blocks.N.att.*, blocks.N.ffn.*, ln_out.*, head.weight)")
@@ -211,5 +254,5 @@ def _sizes_from_shapes(tensors: TensorStore, file: Path) -> dict[str, int]:
         gap = min(set(range(len(blocks) + 1)) - blocks)
         raise ConversionError(f"{file} has blocks numbered up to {max(blocks)} but no blocks.{gap}.* "
                               f"({max(blocks) + 1 - len(blocks)} missing); expected blocks.0 to blocks.{max(blocks)}")
-    (V, C), A, F = tensors.meta("emb.weight")[0], tensors.meta(needed[1])[0][0], tensors.meta(needed[2])[0][0]
+    (V, C), (A, _), (F, _) = (tensors.raw_meta(k)[0] for k in needed)
     return dict(n_layer=1 + max(blocks), n_embd=C, dim_att=A, dim_ffn=F, vocab_size=V)
