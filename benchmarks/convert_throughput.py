@@ -8,12 +8,12 @@ Run on purpose (it writes several GB per path); prints a table, asserts nothing:
 Paths: ``experts`` (Mixtral, 8 ``consolidated.NN.pt``, per-expert keys: every byte but q/k is a rename),
 ``fused`` (the Hub's fused layout: w2's row blocks transposed), ``safetensors`` (one
 ``consolidated.safetensors``), ``cast`` (``experts`` converted with ``--dtype float16``), ``gemma`` (one
-``model.ckpt`` pickle with its complex ``freqs_cis``, fused qkv split by rows) and ``llama-mp8`` (8 model-parallel
-rank files merged). Each measurement is the best of ``--runs`` runs, alternating ``cp -r``, ``cat`` into one
-file, and ``convparity convert`` of each ``--repo`` (several checkouts: a before/after table from one run), each
-followed by ``sync`` (warm page cache for all). ``convparity convert`` runs in a child process whose memory is
-sampled every 20 ms: peak RSS includes file-backed pages of the memory-mapped source, peak anon is what the
-process allocated.
+``model.ckpt`` pickle with its complex ``freqs_cis``, fused qkv split by rows), ``llama-mp8`` (8 model-parallel
+rank files merged) and ``rwkv`` (one bf16 ``.pth``, every tensor renamed). Each measurement is the best of
+``--runs`` runs, alternating ``cp -r``, ``cat`` into one file, and ``convparity convert`` of each ``--repo``
+(several checkouts: a before/after table from one run), each followed by ``sync`` (warm page cache for all).
+``convparity convert`` runs in a child process whose memory is sampled every 20 ms: peak RSS includes
+file-backed pages of the memory-mapped source, peak anon is what the process allocated.
 
 Every timed command waits ``--settle`` seconds first. On a virtual machine that hands freed memory back to its
 host (virtio-balloon free page reporting, which waits about 2 s), the pages that the previous run's output
@@ -26,6 +26,7 @@ wait gives every command the state a fresh process meets; ``--settle 0`` measure
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -39,7 +40,7 @@ import torch
 from memory_sampler import sample_memory
 
 ROOT = Path(__file__).resolve().parent.parent
-PATHS = ("experts", "fused", "safetensors", "cast", "gemma", "llama-mp8")
+PATHS = ("experts", "fused", "safetensors", "cast", "gemma", "llama-mp8", "rwkv")
 
 
 def main() -> None:
@@ -176,6 +177,18 @@ def _llama_mp8(source: Path, gb: float) -> tuple[str, list[str]] | None:
     return "llama", []
 
 
+def _rwkv(source: Path, gb: float) -> tuple[str, list[str]]:
+    from converters.rwkv import source as rwkv
+
+    dim, vocab = 2048, 50277
+    per_layer = 2 * sum(math.prod(s) for k, s in rwkv.shapes({**rwkv.SIZES["1b5"], "n_layer": 1}).items()
+                        if k.startswith("blocks."))
+    layers = max(1, round((gb * 1e9 - 2 * 2 * vocab * dim) / per_layer))
+    config = {**rwkv.SIZES["1b5"], "n_layer": layers}
+    rwkv.write(_lazy(config, rwkv.shapes(config), "default"), source)
+    return "rwkv", []
+
+
 def _lazy(config: dict[str, Any], specs: dict[str, tuple[int, ...]], layout: str,
           dtypes: dict[str, torch.dtype] | None = None) -> Any:
     """Random tensors (bf16 unless ``dtypes`` says otherwise) made on demand by ``write``, so building the source
@@ -195,6 +208,7 @@ def _lazy(config: dict[str, Any], specs: dict[str, tuple[int, ...]], layout: str
 _BUILDERS: dict[str, Callable[[Path, float], Any]] = {
     "experts": _mixtral("experts", "pt-shards"), "fused": _mixtral("fused", "pt-shards"),
     "safetensors": _mixtral("experts", "safetensors"), "cast": _cast, "gemma": _gemma, "llama-mp8": _llama_mp8,
+    "rwkv": _rwkv,
 }
 
 
