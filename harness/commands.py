@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from harness.errors import ConversionError
-from harness.io.raw_dtypes import CAST_DTYPES as DTYPES
+from harness.io.raw_dtypes import CAST_DTYPES
 from harness.io.writer import parse_size
 from harness.registry import Family, families, family
 from harness.terminal import colour, paint_status
@@ -21,7 +21,7 @@ __all__ = ["check", "convert", "describe", "gate", "list_families", "mutate", "v
 
 
 def convert(args: argparse.Namespace) -> int:
-    from harness.runner import convert_checkpoint
+    from harness.pipeline import convert_checkpoint
 
     fam = family(args.family)
     options = {name: getattr(args, name) for name in fam.option_names()}
@@ -92,7 +92,7 @@ def check(args: argparse.Namespace) -> int:
     from harness.parity.report import write_json, write_markdown
 
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
-    dtypes = _choices(args.dtypes, DTYPES, "dtype")
+    dtypes = _choices(args.dtypes, CAST_DTYPES, "dtype")
     devs = _devices(args.devices)
     start = time.perf_counter()
     print(_ROW.format("family", "case", "device", "dtype", "max_abs", "cosine", "top1", "kl", "status"))
@@ -124,7 +124,7 @@ def gate(args: argparse.Namespace) -> int:
     from harness.gate import run_gate
 
     return run_gate(args.base, families(), _devices(args.devices),
-                    _choices(args.dtypes, DTYPES, "dtype"), junit=args.junit, markdown=args.markdown,
+                    _choices(args.dtypes, CAST_DTYPES, "dtype"), junit=args.junit, markdown=args.markdown,
                     json_path=args.json, html=args.html, quiet=args.quiet)
 
 
@@ -135,7 +135,7 @@ def mutate(args: argparse.Namespace) -> int:
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
     if args.diagnose:
         return run_diagnose(chosen, json_path=args.json, quiet=args.quiet)
-    return run_mutate(chosen, _choices(args.dtypes, DTYPES, "dtype"), json_path=args.json, html=args.html,
+    return run_mutate(chosen, _choices(args.dtypes, CAST_DTYPES, "dtype"), json_path=args.json, html=args.html,
                       quiet=args.quiet)
 
 

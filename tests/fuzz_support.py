@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 from harness.cli import main
 from harness.errors import ConversionError
-from harness.runner import convert_checkpoint
+from harness.pipeline import convert_checkpoint
 from tests.corruptions import ALLOWED_MAY_CONVERT, KINDS, NONFINITE_MAY_CONVERT, Broken, CannotBuildError, applicable
 from tests.pristine import Pristine
 

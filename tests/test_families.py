@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from harness.io.tensor_store import TensorStore
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.output import write_converted
-from harness.parity.metrics import DTYPES
+from harness.parity.metrics import TORCH_DTYPES
 from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.parity.precision import FLOOR_FACTOR, noise_bound, reference_noise_floor
 from harness.registry import families
@@ -33,7 +33,7 @@ SIZES = [(f, s) for f, fam in FAMILIES.items() for s in fam.sizes]
 MATRIX = [
     pytest.param(f, c, device, dtype, id=f"{f}-{c}-{device}-{dtype}",
                  marks=[pytest.mark.cuda] if device == "cuda" else [])
-    for f, c in CASES for device in ("cpu", "cuda") for dtype in DTYPES
+    for f, c in CASES for device in ("cpu", "cuda") for dtype in TORCH_DTYPES
 ]
 
 

@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-import harness.runner
+import harness.pipeline
 from harness.cli import INTERNAL_ERROR, main
 from harness.errors import ConversionError
+from harness.pipeline import convert_checkpoint
 from harness.registry import families
-from harness.runner import convert_checkpoint
 from tests.corruptions import applicable
 from tests.fuzz_fixtures import Evil, rewrite_json, rewrite_torch, truncate
 from tests.fuzz_support import attempt
@@ -175,7 +175,7 @@ def test_an_internal_error_is_one_line_unless_debugging(monkeypatch: pytest.Monk
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug\nwith a second line")
 
-    monkeypatch.setattr(harness.runner, "convert_checkpoint", crash)
+    monkeypatch.setattr(harness.pipeline, "convert_checkpoint", crash)
     argv = ["convert", "rwkv", str(tmp_path), str(tmp_path / "out")]
     monkeypatch.delenv("CONVPARITY_DEBUG", raising=False)
     assert main(argv) == INTERNAL_ERROR

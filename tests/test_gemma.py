@@ -16,8 +16,8 @@ from harness.errors import ConversionError
 from harness.mapping import transforms
 from harness.mapping.rules import DequantizeSplit
 from harness.parity.parity import load_converted, make_tokens, run_parity
+from harness.pipeline import convert_checkpoint
 from harness.registry import family
-from harness.runner import convert_checkpoint
 
 GEMMA = family("gemma")
 UPSTREAM = Path(__file__).resolve().parent.parent / "golden" / "upstream" / "gemma"

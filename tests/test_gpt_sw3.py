@@ -21,8 +21,8 @@ from harness.cli import main
 from harness.errors import ConversionError
 from harness.parity.metrics import tolerance_for
 from harness.parity.parity import load_converted, make_tokens, run_parity
+from harness.pipeline import convert_checkpoint
 from harness.registry import family
-from harness.runner import convert_checkpoint
 
 SW3 = family("gpt_sw3")
 P = "model.language_model."

@@ -7,6 +7,7 @@ Imports under ``if TYPE_CHECKING:`` are annotations, not dependencies, and are a
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,22 @@ def test_io_and_mapping_never_import_transformers(path: Path) -> None:
 
 def test_the_check_sees_a_wrong_way_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("from harness.parity.metrics import DTYPES\nfrom typing import TYPE_CHECKING\n"
+    bad.write_text("from harness.parity.metrics import TORCH_DTYPES\nfrom typing import TYPE_CHECKING\n"
                    "if TYPE_CHECKING:\n    from harness.mutation.planting import Mutant\n")
     assert [m for _, m in _imports(bad)] == ["harness.parity.metrics", "typing"]
     assert _rank(_layer("harness.parity.metrics")) > _rank("mapping")
+
+
+@pytest.mark.parametrize("package", [p.parent.name for p in sorted(HARNESS.glob("*/__init__.py"))])
+def test_every_exported_name_resolves(package: str) -> None:
+    module = importlib.import_module(f"harness.{package}")
+    missing = [name for name in getattr(module, "__all__", ()) if not _resolves(module, name)]
+    assert not missing, f"harness.{package} exports names it cannot give: {missing}"
+
+
+def _resolves(module: object, name: str) -> bool:
+    try:
+        getattr(module, name)
+    except (AttributeError, KeyError):  # a lazy export pointing at a module that lacks the name
+        return False
+    return True

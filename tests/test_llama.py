@@ -20,8 +20,8 @@ from harness.cli import main
 from harness.errors import ConversionError
 from harness.mapping import transforms
 from harness.parity.parity import load_converted, make_tokens, run_parity
+from harness.pipeline import convert_checkpoint
 from harness.registry import family
-from harness.runner import convert_checkpoint
 
 LLAMA = family("llama")
 UPSTREAM = Path(__file__).resolve().parent.parent / "golden" / "upstream" / "llama"

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from harness.cli import main
 from harness.errors import ConversionError
 from harness.parity.parity import load_converted, make_tokens, run_parity
+from harness.pipeline import convert_checkpoint
 from harness.registry import family
-from harness.runner import convert_checkpoint
 
 MIXTRAL = family("mixtral")
 

@@ -26,7 +26,7 @@ from harness.registry import families, family
 from tests.family_strategies import STRATEGIES
 
 FAMILIES = families()
-DTYPES = ("float32", "bfloat16")
+MUTATE_DTYPES = ("float32", "bfloat16")
 MIN_APPLICABLE = 8
 
 
@@ -36,7 +36,7 @@ def verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list, 
 
     def get(name: str) -> tuple[list, list]:
         if name not in cache:
-            cache[name] = mutate.run_family(FAMILIES[name], list(DTYPES), tmp_path_factory.mktemp(name),
+            cache[name] = mutate.run_family(FAMILIES[name], list(MUTATE_DTYPES), tmp_path_factory.mktemp(name),
                                             exhaustive=False)
         return cache[name]
 
@@ -46,7 +46,7 @@ def verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list, 
 @pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5, reason=(
     "kills are measured against transformers 5.x: on 4.57 some planted bugs are inert (GPT-2 loads the old "
     "attention buffers silently, and its sdpa path ignores scale_attn_by_inverse_layer_idx)"))
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", MUTATE_DTYPES)
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_every_applicable_mutant_is_killed(name: str, dtype: str, verdicts) -> None:
     records = [r for r in verdicts(name)[0] if r.dtype == dtype]
@@ -56,7 +56,7 @@ def test_every_applicable_mutant_is_killed(name: str, dtype: str, verdicts) -> N
     assert len(applicable) >= MIN_APPLICABLE, [r.mutant for r in applicable]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", MUTATE_DTYPES)
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_clean_cases_pass(name: str, dtype: str, verdicts) -> None:
     failures = [f"{r.case}: {r.detail}" for r in verdicts(name)[1] if r.dtype == dtype and r.killed]
@@ -71,7 +71,7 @@ def test_clean_conversions_never_fail(name: str, tmp_path_factory: pytest.TempPa
 
     @settings(max_examples=100, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(case=STRATEGIES[name], dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+    @given(case=STRATEGIES[name], dtype=st.sampled_from(MUTATE_DTYPES), seed=st.integers(0, 2**16))
     def sweep(case, dtype: str, seed: int) -> None:
         run = mutate.prepare(fam, f"c{next(counter)}", case, workdir, seed=seed)
         record = mutate.evaluate(fam, run, run.clean, mutate.reference_source(fam, run, dtype), dtype, workdir)

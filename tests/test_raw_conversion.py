@@ -25,7 +25,7 @@ from harness.io.stored_tensor import NotIndexableError
 from harness.io.tensor_store import TensorStore
 from harness.io.torch_zip_index import index_torch_zip
 from harness.mapping import output
-from harness.mapping.byte_plans import Join, Run, Transposed, byte_plan
+from harness.mapping.byte_plans import PlannedPiece, Run, TransposedRun, byte_plan
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.raw_conversion import raw_conversion
 from harness.registry import families
@@ -93,11 +93,11 @@ def test_every_byte_plan_is_its_rules_forward(tmp_path: Path, family: str, case:
     assert planned or (family, case) in TORCH
 
 
-def _piece(flat: list[torch.Tensor], piece: Run | Transposed | Join) -> torch.Tensor:
+def _piece(flat: list[torch.Tensor], piece: PlannedPiece) -> torch.Tensor:
     source = flat[piece.input]
     if isinstance(piece, Run):
         return source[piece.first: piece.first + piece.count]
-    if isinstance(piece, Transposed):
+    if isinstance(piece, TransposedRun):
         block = source[piece.first: piece.first + piece.rows * piece.cols]
         return block.reshape(piece.rows, piece.cols).t().reshape(-1)
     blocks = source.reshape(piece.blocks, piece.rows, -1)
@@ -174,14 +174,14 @@ def test_a_row_gather_writes_its_parts_in_order(tmp_path: Path, buffer: int, ker
     assert (tmp_path / "out").read_bytes() == b"\xff" * 7 + b"".join(source[f][o: o + n] for f, o, n in spans)
 
 
-@pytest.mark.parametrize("staged", [True, False], ids=["staged-in-memfd", "pwrite"])
+@pytest.mark.parametrize("in_memfd", [True, False], ids=["buffered-in-memfd", "pwrite"])
 @pytest.mark.parametrize("rows", [16, 13], ids=["grouped-rows", "ungrouped-rows"])
-def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, rows: int, staged: bool,
+def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, rows: int, in_memfd: bool,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(assembly, "_CHUNK", 29)  # chunks that cut output rows, on several threads
     monkeypatch.setattr(assembly, "_TILE", 4)
-    if not staged:  # as where there is no memfd or no /proc: fresh buffers of plain memory, written with pwrite
-        monkeypatch.setattr(assembly, "_can_stage", lambda: False)
+    if not in_memfd:  # as where there is no memfd or no /proc: fresh buffers of plain memory, written with pwrite
+        monkeypatch.setattr(assembly, "_memfd_usable", lambda: False)
         monkeypatch.setattr(assembly, "_FREE", queue.SimpleQueue())
     bits = np.random.default_rng(0).integers(0, 1 << 16, rows * 24, dtype=np.uint16)
     bits[:4] = [0x7C01, 0xFC01, 0x7E00, 0xFFFF]  # float16 NaN patterns: moved as they are, never as values
@@ -198,14 +198,14 @@ def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, r
     assert np.array_equal(np.frombuffer((tmp_path / "out").read_bytes(), dtype=np.uint16), expected)
 
 
-@pytest.mark.parametrize("staged", [True, False], ids=["staged-in-memfd", "pwrite"])
-def test_an_assembled_cast_writes_each_block_in_its_place(tmp_path: Path, staged: bool,
+@pytest.mark.parametrize("in_memfd", [True, False], ids=["buffered-in-memfd", "pwrite"])
+def test_an_assembled_cast_writes_each_block_in_its_place(tmp_path: Path, in_memfd: bool,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(assembly, "_CHUNK", 23)
     monkeypatch.setattr(assembly, "_DIRECT", 8)  # the long region is cast from its file, the short one copied first
     monkeypatch.setattr(assembly, "_BLOCK", 5)
-    if not staged:
-        monkeypatch.setattr(assembly, "_can_stage", lambda: False)
+    if not in_memfd:
+        monkeypatch.setattr(assembly, "_memfd_usable", lambda: False)
         monkeypatch.setattr(assembly, "_FREE", queue.SimpleQueue())
     bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)[::97]  # bfloat16 patterns of every kind
     (tmp_path / "src").write_bytes(bits.tobytes())

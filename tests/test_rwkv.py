@@ -18,8 +18,8 @@ from harness.errors import ConversionError
 from harness.io.tensor_store import TensorStore
 from harness.mapping.conversion import SourceCheckpoint
 from harness.parity.parity import load_converted, make_tokens, run_parity
+from harness.pipeline import convert_checkpoint
 from harness.registry import family
-from harness.runner import convert_checkpoint
 
 RWKV = family("rwkv")
 

@@ -4,7 +4,7 @@ What a family author uses (``from harness.io import TensorStore``; each name is 
 importing one module of this package costs no more than that module):
 
 - ``TensorStore`` (lazy, memory-mapped, data-only tensors), ``open_torch``, ``load_pickle``,
-  ``state_dict_problem``, ``TensorSpec``, ``DTYPES`` — ``harness.io.tensor_store``
+  ``state_dict_problem``, ``TensorSpec`` — ``harness.io.tensor_store``
 - ``read_json_config``, ``read_bytes``, ``open_weights``, ``index_shards`` — ``harness.io.source_files``
 - ``random_weights``, ``random_normal`` (bit-exact tiny weights on every CPU) — ``harness.io.tiny``
 
@@ -17,11 +17,11 @@ transformers.
 
 from harness.lazy import lazy_exports
 
-__all__ = ["DTYPES", "TensorSpec", "TensorStore", "index_shards", "load_pickle", "open_torch", "open_weights",
+__all__ = ["TensorSpec", "TensorStore", "index_shards", "load_pickle", "open_torch", "open_weights",
            "random_normal", "random_weights", "read_bytes", "read_json_config", "state_dict_problem"]
 
 __getattr__ = lazy_exports(__name__, {
-    "tensor_store": ["DTYPES", "TensorSpec", "TensorStore", "load_pickle", "open_torch", "state_dict_problem"],
+    "tensor_store": ["TensorSpec", "TensorStore", "load_pickle", "open_torch", "state_dict_problem"],
     "source_files": ["index_shards", "open_weights", "read_bytes", "read_json_config"],
     "tiny": ["random_normal", "random_weights"],
 })

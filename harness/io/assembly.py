@@ -2,7 +2,7 @@
 and casts to another float type.
 
 Its pieces are source regions read through memory maps, so nothing is loaded whole: the output is cut into chunks
-of about ``_CHUNK`` elements, each filled from its pieces, cast where asked (``harness.io.bit_casts``), staged in a
+of about ``_CHUNK`` elements, each filled from its pieces, cast where asked (``harness.io.bit_casts``), buffered in a
 memory-backed file and copied into the shard at its own offset by the kernel. Chunks are independent, so several
 are computed at once (numpy releases the GIL while it works); they enter the shard one at a time. Memory stays near
 one chunk per thread whatever the tensor's size. Bytes that need neither a transpose, a join nor a cast never come
@@ -36,7 +36,7 @@ _TILE = 128  # rows and columns of one transposed tile: both sides stay in cache
 _CARRIER = np.dtype(np.complex128)  # a 16-byte element that numpy copies as raw bytes (no arithmetic touches it)
 _THREADS = min(4, os.cpu_count() or 1)
 _DIRECT = 1 << 16  # a plain region at least this long is cast straight from its file, not copied first
-_BLOCK = 1 << 19  # elements cast and written at a time: the staging area and the cast's working memory stay in cache
+_BLOCK = 1 << 19  # elements cast and written at a time: the cast area and the cast's working memory stay in cache
 _PAGE = mmap.PAGESIZE
 
 
@@ -216,15 +216,15 @@ def _write_chunk(chunk: list[tuple[_Filler, int, int, int]], size: int, source: 
                 for begin, end in _merged(filled):
                     bad += count_nonfinite_bits(bits[begin: end], source, buffers.scratch(end - begin, bits.dtype))
                 write(bits, offset)
-            else:  # block by block through a small staging area, written while it is still in cache
+            else:  # block by block through a small cast area, written while it is still in cache
                 runs = sorted(direct + [(begin, bits[begin: end]) for begin, end in _merged(filled)],
                               key=lambda run: run[0])
                 for at, values in runs:
                     for start in range(0, values.size, _BLOCK):
                         block = values[start: start + _BLOCK]
-                        staged = buffers.stage(block.size, unsigned(target))
-                        bad += cast_counting(block, source, target, staged)
-                        write(staged, offset + (at + start) * target.itemsize)
+                        cast = buffers.cast_area(block.size, unsigned(target))
+                        bad += cast_counting(block, source, target, cast)
+                        write(cast, offset + (at + start) * target.itemsize)
         del files  # unmapped: the pages read leave the process
         tally.add(bad)
         written(size * target.itemsize)
@@ -270,8 +270,8 @@ if hasattr(os, "register_at_fork"):
 
 
 @cache
-def _can_stage() -> bool:
-    """Whether chunks can be staged in a memfd: Linux, with /proc/self/fd to give each thread its own file."""
+def _memfd_usable() -> bool:
+    """Whether chunks can be buffered in a memfd: Linux, with /proc/self/fd to give each thread its own file."""
     if not (sys.platform.startswith("linux") and hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")):
         return False
     probe = os.memfd_create("convparity-probe")
@@ -286,7 +286,7 @@ def _can_stage() -> bool:
 
 class _Buffers:
     """Where one chunk is computed: its source bits (written as they are when nothing is cast), then a small
-    staging area for its cast output, block by block.
+    cast area for its cast output, block by block.
 
     The memory is a memory-backed file (``memfd``) mapped into the process, so that the finished output goes to
     the shard by an in-kernel copy: on the machines measured, ``pwrite`` of a process's own memory was two to
@@ -297,24 +297,24 @@ class _Buffers:
     """
 
     def __init__(self) -> None:
-        self._fd = os.memfd_create("convparity-chunk") if _can_stage() else None
+        self._fd = os.memfd_create("convparity-chunk") if _memfd_usable() else None
         self._memory: mmap.mmap | np.ndarray | None = None
         self._size = 0
-        self._staging = 0  # where the staging area starts: after the largest source so far, on a page of its own
+        self._cast_at = 0  # where the cast area starts: after the largest source so far, on a page of its own
         self._scratch: np.ndarray | None = None
 
     def source(self, size: int, dtype: np.dtype) -> np.ndarray:
-        """An array of ``size`` source elements; the staging area follows it (the memory grows only here, so
+        """An array of ``size`` source elements; the cast area follows it (the memory grows only here, so
         views and ``writer`` stay valid for the whole chunk)."""
-        self._staging = max(self._staging, -(-size * dtype.itemsize // _PAGE) * _PAGE)
-        need = self._staging + _BLOCK * 8
+        self._cast_at = max(self._cast_at, -(-size * dtype.itemsize // _PAGE) * _PAGE)
+        need = self._cast_at + _BLOCK * 8
         if need > self._size:
             self._grow(max(need, _CHUNK * 8 + _BLOCK * 8 + _PAGE))
         return self._raw()[: size * dtype.itemsize].view(dtype)
 
-    def stage(self, size: int, dtype: np.dtype) -> np.ndarray:
+    def cast_area(self, size: int, dtype: np.dtype) -> np.ndarray:
         """An array of ``size`` (at most ``_BLOCK``) output elements, after the source's."""
-        return self._raw()[self._staging: self._staging + size * dtype.itemsize].view(dtype)
+        return self._raw()[self._cast_at: self._cast_at + size * dtype.itemsize].view(dtype)
 
     def scratch(self, size: int, dtype: np.dtype) -> np.ndarray:
         """``size`` elements of working memory (the NaN/Inf test's masked bits)."""
@@ -324,7 +324,7 @@ class _Buffers:
 
     @contextmanager
     def writer(self, fd: int) -> Iterator[Callable[[np.ndarray, int], None]]:
-        """A function that writes a view from ``source`` or ``stage`` into ``fd`` at an offset."""
+        """A function that writes a view from ``source`` or ``cast_area`` into ``fd`` at an offset."""
         if self._fd is None:
             yield lambda out, offset: write_all(fd, memoryview(out), offset)
             return

@@ -12,7 +12,8 @@ from harness.io.row_gather import RowGather
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["IN_FILES", "Payload"]
+__all__ = ["IN_FILES", "FilePayload", "Payload"]
 
-Payload = Union["torch.Tensor", FileRegion, RowGather, Assembly]
-IN_FILES = (FileRegion, RowGather, Assembly)  # payloads whose bytes the writer reads from files, never from memory
+FilePayload = FileRegion | RowGather | Assembly  # bytes the writer reads from files, never from memory
+Payload = Union["torch.Tensor", FilePayload]
+IN_FILES = (FileRegion, RowGather, Assembly)

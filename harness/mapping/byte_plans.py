@@ -32,7 +32,7 @@ from harness.mapping.rules import (
     Unstack,
 )
 
-__all__ = ["Join", "Piece", "Run", "Transposed", "byte_plan"]
+__all__ = ["InterleavedRun", "PlannedPiece", "Run", "TransposedRun", "byte_plan"]
 
 
 class Run(NamedTuple):
@@ -43,7 +43,7 @@ class Run(NamedTuple):
     count: int
 
 
-class Transposed(NamedTuple):
+class TransposedRun(NamedTuple):
     """The transpose of the ``[rows, cols]`` matrix at element ``first`` of input ``input``."""
 
     input: int
@@ -52,7 +52,7 @@ class Transposed(NamedTuple):
     cols: int
 
 
-class Join(NamedTuple):
+class InterleavedRun(NamedTuple):
     """Input ``input`` read as ``blocks`` equal consecutive blocks of ``rows`` rows each; output row ``o`` is row
     ``o`` of every block in turn (slices joined along a later dimension)."""
 
@@ -61,9 +61,9 @@ class Join(NamedTuple):
     rows: int
 
 
-Piece = Run | Transposed | Join
+PlannedPiece = Run | TransposedRun | InterleavedRun  # in elements of the inputs; placed as harness.io.assembly.Piece
 Shape = tuple[int, ...]
-Output = tuple[Shape, list[Piece]]
+Output = tuple[Shape, list[PlannedPiece]]
 
 
 def byte_plan(rule: Rule, shapes: Sequence[Shape], dims: Dims) -> list[Output] | None:
@@ -118,14 +118,14 @@ def _unstack(rule: Unstack, shapes: list[Shape], dims: Dims) -> list[Output] | N
         return _rows(shape, [(e * size, size) for e in range(count)])
     if len(shape) != 2:
         return None
-    return [((shape[1], size), [Transposed(0, e * size * shape[1], size, shape[1])]) for e in range(count)]
+    return [((shape[1], size), [TransposedRun(0, e * size * shape[1], size, shape[1])]) for e in range(count)]
 
 
 def _transpose(rule: Transpose, shapes: list[Shape], dims: Dims) -> list[Output] | None:
     if len(shapes[0]) != 2:
         return None
     rows, cols = shapes[0]
-    return [((cols, rows), [Transposed(0, 0, rows, cols)])]
+    return [((cols, rows), [TransposedRun(0, 0, rows, cols)])]
 
 
 def _cut_vocab(rule: CutVocab, shapes: list[Shape], dims: Dims) -> list[Output] | None:
@@ -142,7 +142,7 @@ def _merge(rule: MergeRanks, shapes: list[Shape], dims: Dims) -> list[Output] | 
     rows = prod(piece[:rule.dim])
     if rows == 1 or ranks == 1:  # a concatenation: the stacked bytes are already the merged ones
         return [(shape, [Run(0, 0, prod(shapes[0]))])]
-    return [(shape, [Join(0, ranks, rows)])]
+    return [(shape, [InterleavedRun(0, ranks, rows)])]
 
 
 def _replicated(rule: Replicated, shapes: list[Shape], dims: Dims) -> list[Output] | None:

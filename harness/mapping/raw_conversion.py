@@ -17,20 +17,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 
-from harness.io.assembly import Assembly, Interleaved
-from harness.io.assembly import Transposed as TransposedRegion
+from harness.io.assembly import Assembly, Interleaved, Piece, Transposed
 from harness.io.bit_casts import CASTABLE
 from harness.io.file_regions import FileRegion
+from harness.io.payload import FilePayload
 from harness.io.raw_dtypes import BY_NAME, RawDType
 from harness.io.row_gather import KERNEL_RUN, RowGather
 from harness.io.tensor_store import TensorSpec
-from harness.mapping.byte_plans import Join, Piece, Run, Transposed, byte_plan
+from harness.mapping.byte_plans import InterleavedRun, PlannedPiece, Run, TransposedRun, byte_plan
 from harness.mapping.conversion import Converted
 from harness.mapping.keymap import FLOATING
 
 __all__ = ["RawConversion", "raw_conversion"]
-
-Payload = FileRegion | RowGather | Assembly
 
 
 @dataclass(frozen=True)
@@ -38,9 +36,9 @@ class RawConversion:
     """Every output's spec and its payload (regions to copy, or an assembly to compute), in the writer's order."""
 
     specs: list[TensorSpec]
-    outputs: list[Payload]
+    outputs: list[FilePayload]
 
-    def payloads(self) -> Iterator[tuple[str, Payload]]:
+    def payloads(self) -> Iterator[tuple[str, FilePayload]]:
         for spec, payload in zip(self.specs, self.outputs, strict=True):
             yield spec.name, payload
 
@@ -74,29 +72,28 @@ def raw_conversion(converted: Converted, dtype: str | None = None) -> RawConvers
     return RawConversion(specs, outputs)
 
 
-_Placed = FileRegion | TransposedRegion | Interleaved
 
 
 # A source tensor's file regions in order, and where each ends (bytes from the start of the first).
 _Parts = tuple[tuple[FileRegion, ...], list[int]]
 
 
-def _placed(pieces: list[Piece], parts: list[_Parts], kind: RawDType) -> list[_Placed] | None:
+def _placed(pieces: list[PlannedPiece], parts: list[_Parts], kind: RawDType) -> list[Piece] | None:
     """The plan's pieces as regions of the source files; None where a transposed or joined block would straddle
     two files (never for the layouts the families write: each rank file holds whole slices)."""
-    out: list[_Placed] = []
+    out: list[Piece] = []
     size = kind.itemsize
     for piece in pieces:
         if isinstance(piece, Run):
             out.extend(_cut(parts[piece.input], piece.first * size, piece.count * size, (piece.count,)))
-        elif isinstance(piece, Transposed):
+        elif isinstance(piece, TransposedRun):
             block = _cut(parts[piece.input], piece.first * size, piece.rows * piece.cols * size,
                          (piece.rows, piece.cols))
             if len(block) != 1:
                 return None
-            out.append(TransposedRegion(block[0]))
+            out.append(Transposed(block[0]))
         else:
-            assert isinstance(piece, Join)
+            assert isinstance(piece, InterleavedRun)
             total = parts[piece.input][1][-1]
             step = total // piece.blocks
             blocks = [_cut(parts[piece.input], b * step, step, (step // size,)) for b in range(piece.blocks)]
@@ -125,7 +122,7 @@ def _cut(source: _Parts, offset: int, length: int, shape: tuple[int, ...]) -> li
     return [part.sub(start, (take // part.dtype.itemsize,), part.dtype) for part, start, take in spans]
 
 
-def _payload(placed: list[_Placed], shape: tuple[int, ...], kind: RawDType, written: RawDType) -> Payload:
+def _payload(placed: list[Piece], shape: tuple[int, ...], kind: RawDType, written: RawDType) -> FilePayload:
     """A region copied whole, a gather of long runs (each copied in the kernel), or an assembly: computed, cast,
     or made of short rows (a rotary permutation), which worker threads gather while the writer goes on."""
     plain = all(isinstance(p, FileRegion) for p in placed)

@@ -37,7 +37,7 @@ from harness.mapping.family import Case, Family, MutationCase
 from harness.mutation.catalogue import GENERIC
 from harness.mutation.planting import Mutable, Mutant, about
 from harness.parity.html_report import mutate_page, write_html
-from harness.parity.metrics import DTYPES
+from harness.parity.metrics import TORCH_DTYPES
 from harness.parity.parity import ReferenceMemo, load_converted, make_tokens, run_parity
 from harness.parity.report import write_document
 from harness.terminal import bar
@@ -115,7 +115,7 @@ def reference_source(family: Family, run: CaseRun, dtype: str) -> SourceCheckpoi
     that checkpoint holds (``invert`` of the rounded clean output, in float32)."""
     if dtype == "float32":
         return run.source
-    rounded = {k: _round(t, DTYPES[dtype]) for k, t in run.clean.tensors.items()}
+    rounded = {k: _round(t, TORCH_DTYPES[dtype]) for k, t in run.clean.tensors.items()}
     return family.invert(dict(run.clean.config), rounded)
 
 
@@ -124,7 +124,7 @@ def evaluate(family: Family, run: CaseRun, m: Mutable, reference: SourceCheckpoi
     """Write ``m`` as a ``dtype`` checkpoint, load it, and hold it to float32 parity against ``reference``."""
     out = Path(tempfile.mkdtemp(dir=workdir)) / "hf"
     try:
-        write_mutable(m, out, DTYPES[dtype])
+        write_mutable(m, out, TORCH_DTYPES[dtype])
         try:
             model = load_converted(out, "cpu", "float32", family)
         except Exception as err:  # noqa: BLE001 - any load failure is the check catching the conversion

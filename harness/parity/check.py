@@ -20,10 +20,7 @@ from harness.mapping.family import Case, Family
 from harness.mapping.output import write_converted
 from harness.parity.parity import ParityResult, cuda_skip_reason, load_converted, make_tokens, run_parity
 
-__all__ = ["DEFAULT_DTYPES", "RoundTrip", "check_family", "hash_files", "round_trip"]
-
-DEFAULT_DTYPES = ("float32", "bfloat16", "float16")
-
+__all__ = ["RoundTrip", "check_family", "hash_files", "round_trip"]
 
 @dataclass
 class RoundTrip:

@@ -89,13 +89,13 @@ def check_page(results: Sequence[Any], title: str = "convparity check", notes: S
 
 def verify_page(result: Any, hashes: dict[str, str] | None = None) -> Page:
     """The page of ``verify``: one row per block and the logits, one plot over them."""
-    points = [*result.blocks, *([result.logits] if result.logits else [])]
+    checks = [*result.blocks, *([result.logits] if result.logits else [])]
     rows = [Row([c.name, f"{c.max_abs:.2e}", f"{c.scale:.3g}", f"{c.rel:.1e}", f"{c.noise:.1e}", f"{c.bound:.1e}",
                  _times(c.margin), f"{c.cosine:.8f}"], "pass" if c.passed else "FAIL", c.margin, "verify")
-            for c in points]
-    per_layer = [{"name": c.name, "rel": c.rel, "bound": c.bound, "noise": c.noise} for c in points]
+            for c in checks]
+    per_layer = [{"name": c.name, "rel": c.rel, "bound": c.bound, "noise": c.noise} for c in checks]
     plots = [_plot(f"{result.family}: {result.converted} against {result.source}", "verify", per_layer,
-                   result.passed, list(result.violations))] if points else []
+                   result.passed, list(result.violations))] if checks else []
     head = (f"inputs {' x '.join(map(str, result.tokens_shape))} {result.inputs}; compute {result.compute_dtype} on "
             f"{result.device}; top-1 agreement {result.top1:.3f}, KL {result.kl:.1e}")
     return Page(f"convparity verify: {result.family}", result.passed, head,

@@ -8,9 +8,9 @@ import torch
 
 from harness.io.raw_dtypes import CAST_DTYPES
 
-__all__ = ["DTYPES", "TOLERANCES", "Metrics", "Tolerance", "compare_logits", "tolerance_for"]
+__all__ = ["TORCH_DTYPES", "TOLERANCES", "Metrics", "Tolerance", "compare_logits", "tolerance_for"]
 
-DTYPES = {name: getattr(torch, name) for name in CAST_DTYPES}
+TORCH_DTYPES = {name: getattr(torch, name) for name in CAST_DTYPES}
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,15 @@ class Tolerance:
 
     def max_abs_bound(self, noise: float | None) -> float:
         return max(self.max_abs, self.noise_factor * (noise or 0.0))
+
+    def relative_bound(self, scale: float, noise: float | None) -> float:
+        """``max_abs_bound`` as a fraction of ``scale`` (the reference's largest magnitude), ``noise`` relative too:
+        the bound that a relative error, of the logits or of a hidden state, is held to.
+
+        >>> Tolerance(1e-4, 0.9, 0.9, 1.0, noise_factor=3.0).relative_bound(10.0, 0.5)
+        1.5
+        """
+        return max(self.max_abs / scale, self.noise_factor * (noise or 0.0))
 
     def violations(self, m: Metrics, noise: float | None = None, drift: Metrics | None = None) -> list[str]:
         """Human-readable reasons ``m`` fails; empty when it passes. NaN never passes.

@@ -7,7 +7,6 @@ The candidate is ``AutoModelForCausalLM.from_pretrained(model_dir)``; the refere
 from __future__ import annotations
 
 import json
-import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
@@ -19,7 +18,7 @@ import torch
 
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.family import Family
-from harness.parity.metrics import DTYPES, Metrics, Tolerance, compare_logits, tolerance_for
+from harness.parity.metrics import TORCH_DTYPES, Metrics, Tolerance, compare_logits, tolerance_for
 
 __all__ = ["ParityResult", "ReferenceMemo", "UpcastTensors", "cuda_skip_reason", "devices", "load_converted",
            "make_tokens", "run_parity"]
@@ -132,7 +131,8 @@ def load_converted(model_dir: Path, device: str, dtype: str, family: Family | No
     hook = family.loading if family is not None else None
     context = hook(json.loads((model_dir / "config.json").read_text())) if hook else nullcontext()
     with context:
-        model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], output_loading_info=True,
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype],
+                                                           output_loading_info=True,
                                                            ignore_mismatched_sizes=report is not None)
     bad = {k: v for k, v in info.items() if v}
     if report is not None:
@@ -166,12 +166,14 @@ def run_parity(family: Family, case: str, source: SourceCheckpoint, model: Any, 
             result.drift = compare_logits(exact, ref_logits)
     result.metrics, result.tolerance = compare_logits(ref_logits, logits), tol
     result.violations = tol.violations(result.metrics, result.noise, result.drift)
-    result.per_layer = _per_layer(ref_hidden, out.hidden_states, exact_hidden, tol)
     scale = ref_logits.abs().max().item() or 1.0
-    result.per_layer.append({"name": "logits", "rel": result.metrics.max_abs / scale, "bound":
-                             tol.max_abs_bound(result.noise) / scale, "noise": (result.noise or 0.0) / scale or None})
+    noise = (result.noise or 0.0) / scale or None
+    result.per_layer = [*_per_layer(ref_hidden, out.hidden_states, exact_hidden, tol, scale),
+                        {"name": "logits", "rel": result.metrics.max_abs / scale,
+                         "bound": tol.relative_bound(scale, noise), "noise": noise}]
     if result.violations:
-        result.first_divergent_layer = _first_divergence(ref_hidden, out.hidden_states, tol)
+        result.first_divergent_layer = next(
+            (i for i, row in enumerate(result.per_layer[:-1]) if row["rel"] > row["bound"]), None)
     return result
 
 
@@ -180,7 +182,7 @@ def _reference(family: Family, source: SourceCheckpoint, tokens: torch.Tensor, d
     key = (id(source), device, dtype)
     if memo is not None and key in memo and memo[key][0] is source:
         return memo[key][1]
-    tensors = UpcastTensors(source.tensors, device, DTYPES[dtype])
+    tensors = UpcastTensors(source.tensors, device, TORCH_DTYPES[dtype])
     outputs = family.reference(tensors, source.config, tokens, hidden_states=True)
     if memo is not None:
         memo[key] = (source, outputs)
@@ -191,26 +193,16 @@ def _cast(t: torch.Tensor, device: str, dtype: torch.dtype) -> torch.Tensor:
     return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
 
 
-def _first_divergence(ref: list[torch.Tensor], got: tuple[torch.Tensor, ...] | None, tol: Tolerance) -> int | None:
-    """Index of the first hidden state (0 = embeddings) whose relative error exceeds the logits' bound."""
-    if not got:
-        return None
-    for i, (a, b) in enumerate(zip(ref[:-1], got[:-1], strict=False)):  # last entries differ by a final norm
-        scale = a.abs().max().item() or 1.0
-        if (a.float() - b.float()).abs().max().item() / scale > tol.max_abs:
-            return i
-    logging.getLogger(__name__).debug("hidden states agree; divergence is after the last block")
-    return None
-
-
 def _per_layer(ref: list[torch.Tensor], got: tuple[torch.Tensor, ...] | None, exact: list[torch.Tensor] | None,
-               tol: Tolerance) -> list[dict[str, Any]]:
-    """Relative error of each hidden state but the last (which differs by a final norm), against the bound
-    ``_first_divergence`` holds it to, with the reference's own drift from float32 in low precision."""
+               tol: Tolerance, logits_scale: float) -> list[dict[str, Any]]:
+    """Relative error of each hidden state but the last (which differs by a final norm), each against the relative
+    bound the logits are held to (the absolute bound over the logits' scale, or the noise factor times this state's
+    own relative drift from float32 in low precision, whichever is looser)."""
     rows = []
     for i, (a, b) in enumerate(zip(ref[:-1], (got or ())[:-1], strict=False)):
         scale = a.abs().max().item() or 1.0
         noise = (a.float() - exact[i].float()).abs().max().item() / scale if exact is not None else None
         rows.append({"name": "embeddings" if i == 0 else f"layers.{i - 1}",
-                     "rel": (a.float() - b.float()).abs().max().item() / scale, "bound": tol.max_abs, "noise": noise})
+                     "rel": (a.float() - b.float()).abs().max().item() / scale,
+                     "bound": tol.relative_bound(logits_scale, noise), "noise": noise})
     return rows

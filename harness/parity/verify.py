@@ -28,7 +28,7 @@ import torch
 from harness.errors import ConversionError
 from harness.mapping.family import Family
 from harness.parity.localise import localise_streamed
-from harness.parity.metrics import DTYPES, compare_logits
+from harness.parity.metrics import TORCH_DTYPES, compare_logits
 from harness.parity.observe import BOUND
 from harness.parity.parity import UpcastTensors, cuda_skip_reason, make_tokens
 from harness.parity.precision import float64_compute
@@ -142,7 +142,7 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     if not source.exists():
         raise ConversionError(f"source {source} does not exist")
     checkpoint = family.read(source, config=config, **options)
-    model = StreamedModel(converted, device=device, dtype=DTYPES[compute_dtype], loading=family.loading)
+    model = StreamedModel(converted, device=device, dtype=TORCH_DTYPES[compute_dtype], loading=family.loading)
     vocab = int(model.model.config.vocab_size)
     if tokens is None:
         tokens, inputs = make_tokens(vocab, batch, seq_len, seed), f"random token ids (seed {seed}, below {vocab})"
@@ -155,7 +155,7 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     prefix = tokens[:1, : min(bound.prefix, lengths[0])] if bound.prefix else tokens
     with torch.no_grad():
         say(f"reference in {compute_dtype} on {tokens.shape[0]} x {tokens.shape[1]} tokens")
-        ref = family.reference(UpcastTensors(checkpoint.tensors, device, DTYPES[compute_dtype], cache),
+        ref = family.reference(UpcastTensors(checkpoint.tensors, device, TORCH_DTYPES[compute_dtype], cache),
                              checkpoint.config, tokens, hidden_states=True)
         say(f"reference in {bound.noise_dtype} on {prefix.shape[0]} x {prefix.shape[1]} tokens (noise floor)")
         with float64_compute() if bound.noise_dtype == "float64" else nullcontext():  # upcasts stay float64
@@ -217,7 +217,7 @@ def _storage_notes(checkpoint: Any, model: StreamedModel, compute_dtype: str) ->
     if not src or not conv:
         return []
     narrow, wide = min(conv, key=lambda d: d.itemsize), max(src, key=lambda d: d.itemsize)
-    if narrow.itemsize >= min(wide.itemsize, DTYPES[compute_dtype].itemsize):
+    if narrow.itemsize >= min(wide.itemsize, TORCH_DTYPES[compute_dtype].itemsize):
         return []
     return [f"{model.model_dir} stores {str(narrow)[6:]} weights where the source has {str(wide)[6:]}: that rounding "
             f"counts as error here; --compute-dtype {str(narrow)[6:]} compares both at that precision"]
@@ -327,7 +327,7 @@ def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return torch.float64 if name == "float64" else DTYPES[name]
+    return torch.float64 if name == "float64" else TORCH_DTYPES[name]
 
 
 def _noise(run: torch.Tensor, exact: torch.Tensor, mask: torch.Tensor) -> float:
