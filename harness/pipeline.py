@@ -12,7 +12,7 @@ from harness.mapping.conversion import Converted
 from harness.mapping.output import DEFAULT_SHARD_SIZE, write_converted
 
 if TYPE_CHECKING:
-    from harness.mapping.family import Family
+    from harness.family.family import Family
 
 __all__ = ["convert_checkpoint"]
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from hypothesis import strategies as st
 
-from harness.mapping.family import Case
+from harness.family.cases import Case
 
 EPS = st.sampled_from([1e-6, 1e-5, 1e-3])
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConversionError
+from harness.family.family import Family
 from harness.mapping.config_kinds import Kind, Valid
 from harness.mapping.config_map import ConfigMap
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Family
 from harness.mapping.rules import Drop
 
 __all__ = ["Pristine"]

@@ -36,14 +36,14 @@ MIXTRAL_ORDER = (
 @pytest.mark.parametrize("layout", ["experts", "fused"])
 def test_mixtral_steps_come_layer_by_layer_experts_inside_their_layer(layout: str) -> None:
     source = mixtral_tiny(layout=layout, n_layers=L, moe={"num_experts": E, "num_experts_per_tok": 2})
-    converted = mixtral.convert(source)
+    converted = mixtral.TABLES.convert(source)
     assert [t for s in converted.steps for t in s.targets] == MIXTRAL_ORDER
     assert [s.name for s in converted.plan()] == MIXTRAL_ORDER  # what the writer lays out in the shards
 
 
 @pytest.mark.parametrize("layout", ["phi-msft", "mixformer-sequential"])
 def test_phi_steps_come_embedding_then_each_layer_then_the_head(layout: str) -> None:
-    names = [t for s in phi.convert(phi_tiny(layout=layout, n_layer=3)).steps for t in s.targets]
+    names = [t for s in phi.TABLES.convert(phi_tiny(layout=layout, n_layer=3)).steps for t in s.targets]
     layer_of = [int(m.group(1)) if (m := re.match(r"model\.layers\.(\d+)\.", n)) else None for n in names]
     assert names[0] == "model.embed_tokens.weight"
     assert names[-4:] == ["model.final_layernorm.weight", "lm_head.weight", "model.final_layernorm.bias",
@@ -81,7 +81,7 @@ def test_an_unknown_layout_is_refused_naming_the_known_ones(module, message: str
     source = (mixtral_tiny if module is mixtral else phi_tiny)()
     source.layout = "split"
     with pytest.raises(ConversionError, match=message):
-        module.convert(source)
+        module.TABLES.convert(source)
 
 
 MIXTRAL_NEXT = (r" \(mixtral, layout 'fused'\): is SOURCE a Mixtral checkpoint in this layout\? "
@@ -92,7 +92,7 @@ def test_ledger_errors_end_with_family_layout_and_what_to_do() -> None:
     source = mixtral_tiny(layout="experts")
     source.layout = "fused"  # per-expert keys read with the fused table
     with pytest.raises(LedgerError, match=r"^key ledger: unused rules: .*; unmatched in source: .*" + MIXTRAL_NEXT):
-        mixtral.convert(source)
+        mixtral.TABLES.convert(source)
     source = mixtral_tiny(layout="fused")
     shapes = {k: source.tensors.meta(k)[0] for k in source.tensors}
     shapes["norm.weight"] = (1, *shapes["norm.weight"])
@@ -103,7 +103,7 @@ def test_ledger_errors_end_with_family_layout_and_what_to_do() -> None:
 
 
 def test_dtype_refusals_end_with_family_and_what_to_do() -> None:
-    converted = gpt_sw3.convert(gpt_sw3_tiny())
+    converted = gpt_sw3.TABLES.convert(gpt_sw3_tiny())
     with pytest.raises(ConversionError, match=r"^tensor dtypes: .* is int64, expected .* \(gpt_sw3\): is SOURCE a "
                                               r"GPT-SW3 checkpoint\? `convparity describe gpt_sw3` lists the keys it "
                                               r"expects\.$"):

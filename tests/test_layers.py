@@ -1,4 +1,4 @@
-"""The harness's layers import one way: front ends -> mutation -> parity -> mapping -> io.
+"""The harness's layers import one way: front ends -> mutation -> parity -> family -> mapping -> io.
 
 Read from the source (``ast``), so a wrong-way import fails here even where it is deferred inside a function.
 Imports under ``if TYPE_CHECKING:`` are annotations, not dependencies, and are allowed.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 HARNESS = Path(__file__).resolve().parent.parent / "harness"
-ORDER = ["io", "mapping", "parity", "mutation"]  # each may import only those before it
+ORDER = ["io", "mapping", "family", "parity", "mutation"]  # each may import only those before it
 SHARED = {"errors", "signals", "terminal", "lazy"}  # small helpers any layer may use
 NO_TRANSFORMERS = {"io", "mapping"}
 

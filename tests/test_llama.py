@@ -57,7 +57,7 @@ def _converted(folder: Path) -> dict[str, torch.Tensor]:
     (lambda f: (f / "consolidated.01.pth").rename(f / "model.pth"), r"unexpected weight file\(s\) \['model.pth'\]"),
     (lambda f: _rank(f, 1, lambda t: t.update({"layers.0.attention.wq.weight": torch.zeros(16, 64)})),
      r"consolidated.01.pth: layers.0.attention.wq.weight is \(16, 64\) torch.float32, but consolidated.00.pth has "
-     r"\(32, 64\) torch.float32; fairscale gives every rank an equal slice"),
+     r"\(32, 64\) torch.float32; every rank holds an equal slice \(fairscale; fact 12\)"),
     (lambda f: _rank(f, 1, lambda t: t.pop("layers.1.ffn_norm.weight")),
      r"consolidated.01.pth and consolidated.00.pth hold different tensors \(1, e.g. layers.1.ffn_norm.weight\)"),
 ])
@@ -157,13 +157,13 @@ def test_upstream_mp2_files_merged_into_one_rank_give_the_same_conversion(tmp_pa
 
 
 def test_reading_is_lazy_and_each_tensor_is_merged_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import converters.llama.ranks as ranks_module
+    import harness.io.stacked_store as stacked
 
     folder = _written(tmp_path, "mp4")
     loads: list[str] = []
-    real = ranks_module._load_stacked
-    monkeypatch.setattr(ranks_module, "_load_stacked", lambda files, stores, name, dim: loads.append(name) or
-                        real(files, stores, name, dim))
+    real = stacked._load_stacked
+    monkeypatch.setattr(stacked, "_load_stacked", lambda files, stores, name, dim, why: loads.append(name) or
+                        real(files, stores, name, dim, why))
     source = LLAMA.read(folder)
     converted = LLAMA.convert(source)
     converted.plan()

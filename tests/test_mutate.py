@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,9 @@ def test_mutant_that_changes_nothing_is_not_applicable(tmp_path: Path) -> None:
 def test_a_case_runs_its_reference_once_for_all_the_models_it_judges(tmp_path: Path) -> None:
     calls = []
     real = family("rwkv")
-    fam = dataclasses.replace(real, reference=lambda *a, **k: calls.append(1) or real.reference(*a, **k))
+    counted = types.SimpleNamespace(reference=lambda *a, **k: calls.append(1) or real.reference(*a, **k),
+                                    points=real.points, loading=real.loading)
+    fam = dataclasses.replace(real, oracle=counted)
     run = mutate.prepare(fam, "base", fam.cases["base"], tmp_path)
     clean = [mutate.evaluate(fam, run, run.clean, run.source, "float32", tmp_path) for _ in range(2)]
     bug = mutate.evaluate(fam, run, mutate.plant(transpose_square_weight, run.clean), run.source, "float32", tmp_path)

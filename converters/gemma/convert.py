@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from converters.gemma.source import DEFAULTS, shapes
+from harness.family.tables import KeyTables
 from harness.mapping.config_kinds import Bool, Count, Divides, OneOf, PositiveFloat, PositiveInt, Valid
 from harness.mapping.config_map import ConfigMap, Field
-from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
 from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Dequantize, DequantizeSplit, Drop, Rename, Split, Tie
 
-__all__ = ["CONFIG", "KEYS", "convert", "invert"]
+__all__ = ["CONFIG", "KEYS", "TABLES"]
 
 # reference.py's hidden_activation -> transformers hidden_act. "gelu" would be rewritten to tanh by
 # GemmaConfig.__post_init__ (transformers 5.x), so exact erf GELU is spelled "gelu_python".
@@ -106,14 +106,5 @@ KEYS = Layouts("gemma", {
     ], _RANGES, _dims),
 }, title="Gemma")
 
-
-def convert(source: SourceCheckpoint) -> Converted:
-    """Config and tensor stream for ``GemmaForCausalLM``; the ledger checks keys and shapes first."""
-    keys = KEYS.pick("quant" if source.config.get("quant") else "default")  # the layout follows the config
-    expected = shapes(CONFIG.complete(source.config), keys.layout)  # defaults filled in
-    return convert_with(source, CONFIG, keys, expected)
-
-
-def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
-    """A transformers Gemma state dict back to gemma_pytorch's float layout (no freqs_cis, quant=False)."""
-    return invert_with(config, tensors, CONFIG, KEYS.pick("default"))
+# gemma_pytorch stores int8 weights with their scales when its config says quant=True: the layout follows the config.
+TABLES = KeyTables(CONFIG, KEYS, shapes, layout=lambda source: "quant" if source.config.get("quant") else "default")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from harness.mapping.family import MutationCase
+from harness.family.cases import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import DequantizeSplit, Split
 from harness.mutation.planting import Catalogue, Mutable, rerun

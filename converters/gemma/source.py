@@ -15,16 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
+from harness.family.cases import Case
 from harness.io.source_files import index_shards, read_json_config
 from harness.io.tensor_store import TensorStore, open_torch
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Case
 from harness.mapping.transforms import quantize
 
 if TYPE_CHECKING:  # reading a checkpoint needs no torch; making or writing one imports it
     import torch
 
-__all__ = ["CASES", "CONTAINERS", "DEFAULTS", "GELU", "OPTIONS", "SIZES", "read", "shapes", "tiny", "write"]
+__all__ = ["CASES", "CONTAINERS", "DEFAULTS", "GELU", "HUB_FILES", "OPTIONS", "SIZES", "read", "shapes", "tiny",
+           "write"]
+
+# What `convert`/`verify` fetch for a Hub id as SOURCE: config.json, one .ckpt, or an index + shards (read).
+HUB_FILES = ("config.json", "*.ckpt", "pytorch_model*.bin", "*.index.json")
 
 CONTAINERS = ("ckpt", "sharded")
 CONFIG_JSON, CKPT, INDEX = "config.json", "model.ckpt", "pytorch_model.bin.index.json"

@@ -13,13 +13,14 @@ from typing import Any
 
 from converters.gpt_sw3.source import shapes
 from harness.errors import ConversionError
+from harness.family.tables import KeyTables
 from harness.mapping.config_kinds import Bool, Count, Divides, NotAbove, Optional, PositiveFloat, PositiveInt, Valid
 from harness.mapping.config_map import REQUIRED, ConfigMap, Field
-from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with
 from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import CutVocab, Drop, GroupQKV, Rename, Tie, Transpose
 
-__all__ = ["CONFIG", "IGNORED", "KEYS", "ONNX_SAFE_NOTE", "convert", "invert"]
+__all__ = ["CONFIG", "IGNORED", "KEYS", "ONNX_SAFE_NOTE", "TABLES", "convert"]
 
 
 def _activation(fusion: bool, openai_gelu: bool, onnx_safe: bool) -> str:
@@ -157,9 +158,7 @@ ONNX_SAFE_NOTE = ("onnx_safe: Megatron's erf_gelu divides by 1.41421, not sqrt(2
                   "in the logits and fail a float32 parity check")
 
 
-def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
-    """A GPT-2 state dict back to NeMo's layout; padding rows come back as zeros."""
-    return invert_with(config, tensors, CONFIG, KEYS.pick("default"))
+TABLES = KeyTables(CONFIG, KEYS, shapes, custom_convert=convert)
 
 
 # NeMo cfg values (NeMo 1.16 yaml defaults) outside which the network is not GPT-2 (facts 5, 6, 10, 11).

@@ -18,13 +18,17 @@ from typing import Any
 
 from converters.gpt_sw3.nemo import count_pieces, parse_yaml, read_ckpt, read_nemo, write_ckpt, write_nemo
 from harness.errors import ConversionError
+from harness.family.cases import Case
 from harness.io.source_files import read_bytes
 from harness.io.tensor_store import TensorStore
 from harness.io.tiny import random_weights
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Case
 
-__all__ = ["CASES", "CONTAINERS", "OPTIONS", "SIZES", "UPSTREAM_OPTIONS", "read", "shapes", "tiny", "write"]
+__all__ = ["CASES", "CONTAINERS", "HUB_FILES", "OPTIONS", "SIZES", "UPSTREAM_OPTIONS", "read", "shapes", "tiny",
+           "write"]
+
+# What `convert`/`verify` fetch for a Hub id as SOURCE: one .nemo (config and tokenizer inside) or .ckpt.
+HUB_FILES = ("*.nemo", "*.ckpt")
 
 CONTAINERS = ("ckpt", "ckpt-dictconfig", "nemo")
 OURS = ("vocab_size", "padded_vocab_size")  # not NeMo cfg fields: what read() learns about the vocabulary

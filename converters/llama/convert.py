@@ -18,13 +18,14 @@ from typing import Any
 from converters.llama.ranks import model_parallel_size
 from converters.llama.source import TOKENIZER, ffn_hidden_dim, generation, shapes, sizes
 from converters.llama.tokenizer import EXTRA, available, convert_tokenizer
+from harness.family.tables import KeyTables
 from harness.mapping.config_kinds import AnyOf, Bool, Count, OneOf, Optional, PositiveFloat, PositiveInt
 from harness.mapping.config_map import ConfigMap, Field
-from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.mapping.conversion import Converted, SourceCheckpoint
 from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Drop, MergeRanks, MergeRotary, Replicated
 
-__all__ = ["CONFIG", "KEYS", "LLAMA31_ROPE", "convert", "invert"]
+__all__ = ["CONFIG", "KEYS", "LLAMA31_ROPE", "TABLES", "convert"]
 
 # apply_scaling's constants (L3 45-62): hard-coded upstream, not in params.json; transformers' "llama3" rope.
 LLAMA31_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -132,15 +133,14 @@ def convert(source: SourceCheckpoint) -> Converted:
     (and checked against Meta's own library where the ``tokenizer`` extra is installed).
     """
     CONFIG.complete(source.config)  # every field's kind checked before any value is used
-    keys = KEYS.pick(generation(source.config) if source.layout == "default" else source.layout)
     config, notes = dict(source.config), list(source.notes)
     if config.get("vocab_size", -1) <= 0 and "output.weight" in source.tensors:
         shape = source.tensors.raw_meta("output.weight")[0]  # (ranks, rows, dim): the ledger checks the rest
         config["vocab_size"] = shape[0] * shape[1] if len(shape) == 3 else -1
         notes.append(f"params.json vocab_size {source.config.get('vocab_size')}: {config['vocab_size']} from "
                      "output.weight")
-    expected = shapes(CONFIG.complete(config), keys.layout, model_parallel_size(source.tensors))
-    converted = convert_with(replace(source, config=config, notes=notes), CONFIG, keys, expected)
+    converted = TABLES.derived_convert(replace(source, config=config, notes=notes),
+                                       ranks=model_parallel_size(source.tensors))
     folder = source.path if source.path is None or source.path.is_dir() else source.path.parent
     if folder is not None and (folder / TOKENIZER).is_file():
         checked = available(folder / TOKENIZER)
@@ -150,7 +150,5 @@ def convert(source: SourceCheckpoint) -> Converted:
     return converted
 
 
-def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
-    """A transformers Llama state dict back to one rank file's worth of Meta's layout (``write`` reshards)."""
-    layout = generation(CONFIG.to_source(config))
-    return invert_with(config, tensors, CONFIG, KEYS.pick(layout), layout=layout)
+TABLES = KeyTables(CONFIG, KEYS, shapes, custom_convert=convert, inverse_layout=generation,  # back to one rank file
+                   layout=lambda s: generation(s.config) if s.layout == "default" else s.layout)  # params.json tells

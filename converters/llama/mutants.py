@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from converters.llama.source import ffn_hidden_dim
+from harness.family.cases import MutationCase
 from harness.mapping import transforms
-from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import MergeRanks, MergeRotary
 from harness.mutation.planting import Catalogue, Mutable, rerun, set_config

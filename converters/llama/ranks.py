@@ -10,12 +10,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from harness.errors import ConversionError
-from harness.io.bit_casts import CASTABLE, cast_bits, unsigned
-from harness.io.file_regions import FileRegion
-from harness.io.raw_dtypes import BY_NAME
+from harness.io.stacked_store import stacked_store
 from harness.io.tensor_store import TensorStore, open_torch
 from harness.mapping import transforms
 
@@ -85,78 +81,9 @@ def open_ranks(files: list[Path], dim: int | None) -> tuple[TensorStore, str | N
     """One store over the rank files, name -> [ranks, *slice], each tensor read when it is used; and the layout the
     embedding's slices show (``dim`` is the model width), or None for one rank, whose files cannot tell."""
     stores = [open_torch(f) for f in files]
-    first = stores[0]
-    for f, store in zip(files[1:], stores[1:], strict=True):
-        differ = sorted(set(first) ^ set(store))
-        if differ:
-            raise ConversionError(f"{f.name} and {files[0].name} hold different tensors ({len(differ)}, e.g. "
-                                  f"{differ[0]}); every rank file holds a slice of every tensor")
-        for k in first:
-            if store.raw_meta(k) != first.raw_meta(k):
-                (s, dt), (s0, dt0) = store.raw_meta(k), first.raw_meta(k)
-                raise ConversionError(f"{f.name}: {k} is {tuple(s)} {dt}, but {files[0].name} has {tuple(s0)} "
-                                      f"{dt0}; fairscale gives every rank an equal slice (fact 12)")
     layout = None
-    if len(files) > 1 and "tok_embeddings.weight" in first:  # whole rows (vocabulary split) or a column slice
-        layout = "llama3" if first.raw_meta("tok_embeddings.weight")[0][-1] == dim else "llama2"
-    metas = {k: ((len(stores), *first.raw_meta(k)[0]), first.raw_meta(k)[1]) for k in first}
-    loaders = {k: (lambda k=k: _load_stacked(files, stores, k, split_dim(k, layout or "llama2"))) for k in first}
-    # One rank: the stacked tensor is the file's own bytes, so unchanged outputs can be copied file to file.
-    regions = {k: r.sub(0, (1, *r.shape), r.dtype) for k, r in first.regions.items()} if len(stores) == 1 else {}
-    # Several: its bytes are each rank's slice in turn, which the byte path joins without torch.
-    parts = {k: tuple(s.regions[k] for s in stores) for k in first
-             if len(stores) > 1 and all(k in s.regions for s in stores)}
-    _check_replicas(files, parts, layout or "llama2")
-    origins = dict.fromkeys(first, str(files[0].parent / "consolidated.*.pth"))
-    return TensorStore(loaders, metas, origins, regions, parts), layout
-
-
-def _check_replicas(files: list[Path], parts: dict[str, tuple[FileRegion, ...]], layout: str) -> None:
-    """Every rank's copy of a replicated tensor equals rank 0's, as ``torch.equal`` sees it (read from the files,
-    which is what lets the byte path take rank 0's copy; tensors read through torch are checked as they load)."""
-    for name, regions in parts.items():
-        if split_dim(name, layout) is not None:
-            continue
-        first = _values(regions[0])
-        for r, region in enumerate(regions[1:], start=1):
-            other = _values(region)
-            if not np.array_equal(first, other):
-                diff = float(np.abs(first - other).max()) if first.dtype == np.float32 else float("nan")
-                raise _replica_differs(files, r, name, diff)
-
-
-def _values(region: FileRegion) -> np.ndarray:
-    """A float tensor's values as float32 (exact for the three float types), anything else as its bits."""
-    bits = np.fromfile(region.path, dtype=unsigned(region.dtype), count=region.nbytes // region.dtype.itemsize,
-                       offset=region.offset)
-    if region.dtype.name not in CASTABLE:
-        return bits
-    return cast_bits(bits, region.dtype, BY_NAME["float32"]).view(np.float32)
-
-
-def _replica_differs(files: list[Path], r: int, name: str, diff: float) -> ConversionError:
-    return ConversionError(f"{files[r].name}: {name} differs from its copy in {files[0].name} (max |diff| "
-                           f"{diff:.3g}); every rank holds the same norm weights (fact 12)")
-
-
-def _load_stacked(files: list[Path], stores: list[TensorStore], name: str, dim: int | None) -> torch.Tensor:
-    """Rank slices copied one at a time (from the mapped files) into one [ranks, *slice] tensor; the copies of a
-    replicated tensor (``dim`` None) must agree. Slices split along ``dim`` are laid out side by side in memory,
-    so that joining them there (``concat_ranks``) is a view, not a second copy."""
-    import torch
-
-    if len(stores) == 1:
-        return stores[0][name][None]
-    head = stores[0].mapped(name)
-    axis = dim or 0
-    buffer = head.new_empty((*head.shape[:axis], len(stores), *head.shape[axis:]))
-    out = buffer.movedim(axis, 0)  # (ranks, *slice), a view
-    out[0] = head
-    del head
-    for r in range(1, len(stores)):
-        part = stores[r].mapped(name)
-        if dim is None and not torch.equal(part, out[0]):
-            diff = (part.float() - out[0].float()).abs().max().item()
-            raise _replica_differs(files, r, name, diff)
-        out[r] = part
-    return out
+    if len(files) > 1 and "tok_embeddings.weight" in stores[0]:  # whole rows (vocabulary split) or a column slice
+        layout = "llama3" if stores[0].raw_meta("tok_embeddings.weight")[0][-1] == dim else "llama2"
+    store = stacked_store(files, stores, lambda name: split_dim(name, layout or "llama2"),
+                          origin=str(files[0].parent / "consolidated.*.pth"), why=" (fairscale; fact 12)")
+    return store, layout

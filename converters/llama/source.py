@@ -20,13 +20,17 @@ from typing import Any
 from converters.llama import tokenizer
 from converters.llama.ranks import local_shape, model_parallel_size, open_ranks, rank_files, reshard, split_dim
 from harness.errors import ConversionError
+from harness.family.cases import Case
 from harness.io.source_files import read_json_config
 from harness.io.tensor_store import TensorStore
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Case
 
-__all__ = ["CASES", "LAYOUTS", "OPTIONS", "SIZES", "ffn_hidden_dim", "generation", "read", "shapes", "sizes", "tiny",
-           "write"]
+__all__ = ["CASES", "HUB_FILES", "LAYOUTS", "OPTIONS", "SIZES", "ffn_hidden_dim", "generation", "read", "shapes",
+           "sizes", "tiny", "write"]
+
+# What `convert`/`verify` fetch for a Hub id as SOURCE: Meta's files; the Hub keeps them under original/.
+HUB_FILES = ("params.json", "consolidated.*.pth", "tokenizer.model", "original/params.json",
+             "original/consolidated.*.pth", "original/tokenizer.model")
 
 PARAMS, TOKENIZER = "params.json", "tokenizer.model"
 LAYOUTS = ("llama2", "llama3")

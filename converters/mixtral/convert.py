@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from converters.mixtral.source import shapes
+from harness.family.tables import KeyTables
 from harness.mapping.config_kinds import (
     Count,
     Divides,
@@ -20,11 +21,10 @@ from harness.mapping.config_kinds import (
     PositiveInt,
 )
 from harness.mapping.config_map import ConfigMap, Field
-from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
 from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Rename, Rotary, Unstack
 
-__all__ = ["CONFIG", "KEYS", "convert", "invert"]
+__all__ = ["CONFIG", "KEYS", "TABLES"]
 
 CONFIG = ConfigMap(
     [
@@ -104,14 +104,4 @@ KEYS = Layouts("mixtral", {
     ], _RANGES, _dims),
 }, default="experts", title="Mixtral")
 
-
-def convert(source: SourceCheckpoint) -> Converted:
-    """Config and tensor stream for ``MixtralForCausalLM``; the ledger checks keys and shapes first."""
-    keys = KEYS.pick(source.layout)
-    expected = shapes(CONFIG.to_source(CONFIG.to_target(source.config)), keys.layout)  # defaults filled in
-    return convert_with(source, CONFIG, keys, expected)
-
-
-def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
-    """A transformers Mixtral state dict (per-expert keys) back to Mistral's per-expert layout."""
-    return invert_with(config, tensors, CONFIG, KEYS.pick("experts"), layout="experts")
+TABLES = KeyTables(CONFIG, KEYS, shapes)  # convert and invert as the tables say

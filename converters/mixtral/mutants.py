@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from harness.family.cases import MutationCase
 from harness.mapping import transforms
-from harness.mapping.family import MutationCase
 from harness.mapping.keymap import Step
 from harness.mapping.rules import Unstack
 from harness.mutation.planting import Catalogue, Mutable, rerun, set_config

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConversionError
+from harness.family.cases import Case
 from harness.io.source_files import open_weights, read_json_config
 from harness.io.tensor_store import TensorStore
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Case
 
-__all__ = ["CASES", "CONTAINERS", "SIZES", "read", "shapes", "tiny", "write"]
+__all__ = ["CASES", "CONTAINERS", "HUB_FILES", "SIZES", "read", "shapes", "tiny", "write"]
+
+# What `convert`/`verify` fetch for a Hub id as SOURCE: params.json + consolidated.safetensors / .00.pth / .NN.pt.
+HUB_FILES = ("params.json", "consolidated.*")
 
 CONTAINERS = ("pth", "pt-shards", "safetensors")
 PARAMS = "params.json"

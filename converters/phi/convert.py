@@ -16,6 +16,7 @@ from typing import Any
 
 from converters.phi.source import DEFAULTS, shapes, sizes
 from harness.errors import ConversionError
+from harness.family.tables import KeyTables
 from harness.mapping.config_kinds import (
     Bool,
     Count,
@@ -28,11 +29,10 @@ from harness.mapping.config_kinds import (
     String,
 )
 from harness.mapping.config_map import REQUIRED, ConfigMap, Field
-from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
 from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Drop, Rename, RenameAt, RuleLike, Split
 
-__all__ = ["CONFIG", "KEYS", "convert", "invert"]
+__all__ = ["CONFIG", "KEYS", "TABLES"]
 
 ROPE_THETA = 10000.0  # MHA(rotary_base=10000.0) (msft:518); never read from the config
 
@@ -162,13 +162,4 @@ KEYS = Layouts("phi", {
     "mixformer-v0": _MIXFORMER,  # same keys plus the inv_freq buffers that _DROP removes
 }, default="phi-msft", title="Phi")
 
-
-def convert(source: SourceCheckpoint) -> Converted:
-    """Config and tensor stream for ``PhiForCausalLM``; the ledger checks keys and shapes first."""
-    keys = KEYS.pick(source.layout)
-    return convert_with(source, CONFIG, keys, shapes(CONFIG.complete(source.config), keys.layout))
-
-
-def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
-    """A transformers Phi state dict back to the phi-msft layout (the newer of the two)."""
-    return invert_with(config, tensors, CONFIG, KEYS.pick("phi-msft"), layout="phi-msft")
+TABLES = KeyTables(CONFIG, KEYS, shapes)  # convert and invert as the tables say

@@ -20,12 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConversionError
+from harness.family.cases import Case
 from harness.io.source_files import index_shards, open_weights, read_json_config
 from harness.io.tensor_store import TensorStore
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Case
 
-__all__ = ["CASES", "CONTAINERS", "DEFAULTS", "LAYOUTS", "SIZES", "read", "shapes", "sizes", "tiny", "write"]
+__all__ = ["CASES", "CONTAINERS", "DEFAULTS", "HUB_FILES", "LAYOUTS", "SIZES", "read", "shapes", "sizes", "tiny",
+           "write"]
+
+# What `convert`/`verify` fetch for a Hub id as SOURCE: config.json + pytorch_model.bin / model.safetensors / shards
+# + index (read).
+HUB_FILES = ("config.json", "*.bin", "*.safetensors", "*.index.json")
 
 CONFIG_FILE = "config.json"
 CONTAINERS = ("bin", "safetensors", "shards")

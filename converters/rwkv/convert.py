@@ -22,16 +22,15 @@ reference runs with the same value, config["rescale_every"], as the runtime does
 
 from __future__ import annotations
 
-from typing import Any
-
 from converters.rwkv.source import CTX_LEN, shapes
+from harness.family.tables import KeyTables
 from harness.mapping.config_kinds import Count, NonNegativeInt, PositiveInt
 from harness.mapping.config_map import ConfigMap, Field
-from harness.mapping.conversion import Converted, SourceCheckpoint, convert_with, invert_with
+from harness.mapping.conversion import Converted, SourceCheckpoint
 from harness.mapping.keymap import KeyMap, Layouts
 from harness.mapping.rules import Rename
 
-__all__ = ["CONFIG", "KEYS", "ONE_LAYER_NOTE", "convert", "invert"]
+__all__ = ["CONFIG", "KEYS", "ONE_LAYER_NOTE", "TABLES", "convert"]
 
 CONFIG = ConfigMap(
     [
@@ -101,14 +100,11 @@ ONE_LAYER_NOTE = ("this is a 1-layer RWKV: the converted weights are exact, but 
 
 
 def convert(source: SourceCheckpoint) -> Converted:
-    """Config and tensor stream for ``RwkvForCausalLM``; the ledger checks every key and shape first."""
-    complete = CONFIG.complete(source.config)
-    converted = convert_with(source, CONFIG, KEYS.pick(source.layout), shapes(complete))
-    if complete["n_layer"] == 1:
+    """The tables' conversion, and a note where transformers cannot rebuild what it converts (one layer)."""
+    converted = TABLES.derived_convert(source)
+    if CONFIG.complete(source.config)["n_layer"] == 1:
         converted.notes.append(ONE_LAYER_NOTE)
     return converted
 
 
-def invert(config: dict[str, Any], tensors: dict[str, Any]) -> SourceCheckpoint:
-    """A transformers RWKV state dict back to BlinkDL's key names (the same table read backwards)."""
-    return invert_with(config, tensors, CONFIG, KEYS.pick("default"))
+TABLES = KeyTables(CONFIG, KEYS, shapes, custom_convert=convert)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.mapping.family import MutationCase
+from harness.family.cases import MutationCase
 from harness.mutation.planting import Catalogue, Mutable, swap_names
 
 if TYPE_CHECKING:

@@ -16,15 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
+from harness.family.cases import Case
 from harness.io.raw_dtypes import raw_dtype
 from harness.io.tensor_store import TensorStore, load_pickle, open_torch, state_dict_problem
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Case
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CASES", "OPTIONS", "RESCALE_EVERY", "SIZES", "detect_version", "read", "shapes", "tiny", "write"]
+__all__ = ["CASES", "HUB_FILES", "OPTIONS", "RESCALE_EVERY", "SIZES", "detect_version", "read", "shapes", "tiny",
+           "write"]
+
+# What `convert`/`verify` fetch for a Hub id as SOURCE: one BlinkDL .pth; sizes come from shapes.
+HUB_FILES = ("*.pth",)
 
 STORAGE = ("float32", "bfloat16", "float16")  # what ``tiny`` stores its weights as
 # The runtime rescales exactly when it computes in fp16 (pkg L634): 6 for fp16-stored files, else 0 (by the

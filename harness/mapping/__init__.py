@@ -1,8 +1,7 @@
-"""The mapping layer: a family's tables and the contract the harness knows a family by.
+"""The mapping layer: a family's config and key tables, and the conversion they drive.
 
 What a family author uses (``from harness.mapping import KeyMap``; imported on first use):
 
-- ``Family``, ``Case``, ``MutationCase`` — ``harness.mapping.family``: the one typed ``FAMILY`` object
 - ``ConfigMap``, ``Field`` — ``harness.mapping.config_map``; value kinds and cross-field checks
   (``PositiveInt``, ``Divides``, ...) — ``harness.mapping.config_kinds``
 - ``KeyMap``, ``Layouts``, ``Step`` — ``harness.mapping.keymap``; rule kinds (``Rename``, ``Rotary``, ``Split``,
@@ -12,16 +11,16 @@ What a family author uses (``from harness.mapping import KeyMap``; imported on f
 The harness's own: writing a conversion (``output``), and its torch-free path (``byte_plans``: each rule's outputs as
 pieces of its inputs' bytes; ``raw_conversion``: those pieces placed in the source files).
 
-Imports only ``harness.io`` below it, never transformers.
+Imports only ``harness.io`` below it, never transformers. The family contract that carries these tables sits
+one layer up, in ``harness.family``.
 """
 
 from harness.lazy import lazy_exports
 
-__all__ = ["Case", "ConfigMap", "Converted", "Family", "Field", "KeyMap", "Layouts", "MutationCase", "SourceCheckpoint",
-           "Step", "convert_with", "invert_with"]
+__all__ = ["ConfigMap", "Converted", "Field", "KeyMap", "Layouts", "SourceCheckpoint", "Step", "convert_with",
+           "invert_with"]
 
 __getattr__ = lazy_exports(__name__, {
-    "family": ["Case", "Family", "MutationCase"],
     "config_map": ["ConfigMap", "Field"],
     "keymap": ["KeyMap", "Layouts", "Step"],
     "conversion": ["Converted", "SourceCheckpoint", "convert_with", "invert_with"],

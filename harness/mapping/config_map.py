@@ -155,6 +155,10 @@ one entry must write it from both
         self._validate(flat)
         return {k: v for k, v in flat.items() if k in self._owners}
 
+    def complete_nested(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``complete``, nested where upstream nests (``{"moe": {"num_experts": 8}}``): what ``shapes`` reads."""
+        return _nest(self.complete(config))
+
     def to_target(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The transformers config dict for an upstream config."""
         flat = self.complete(config)
@@ -168,15 +172,7 @@ one entry must write it from both
         restored: dict[str, Any] = {}
         for f in self._restore_order:  # an entry's reads are restored before it
             restored.update(f.restore(target, restored))
-        out: dict[str, Any] = {}
-        for f in self.fields:
-            for source in f.sources:
-                node = out
-                *parents, leaf = source.split(".")
-                for p in parents:
-                    node = node.setdefault(p, {})
-                node[leaf] = restored[source]
-        return out
+        return _nest({source: restored[source] for f in self.fields for source in f.sources})
 
     def kind(self, field: str) -> Kind | None:
         """The kind the entry owning ``field`` declares for it (None: not owned, or any value accepted)."""
@@ -231,6 +227,18 @@ def _dependency_order(table: str, fields: list[Field], owners: Mapping[str, Fiel
     for f in fields:
         visit(f)
     return done
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys as nested dicts: the inverse of ``_flatten``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

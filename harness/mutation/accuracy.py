@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from harness.mapping.family import Family
+from harness.family.family import Family
 from harness.mutation.diagnosis import diagnose
 from harness.mutation.planting import Mutable
 from harness.mutation.runner import CaseRun, cases_for, evaluate, mutants_for, plant, prepare, write_mutable

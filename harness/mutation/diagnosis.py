@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from harness.mapping.family import Family
+from harness.family.family import Family
 from harness.mutation.planting import about
 from harness.mutation.runner import CaseRun, mutants_for, plant, write_mutable
 from harness.parity.observe import BOUND, Finding, observe

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.mapping.family import Family
+from harness.family.family import Family
 from harness.mutation.diagnosis import diagnose
 from harness.mutation.runner import cases_for, prepare
 from harness.parity.check import RoundTrip

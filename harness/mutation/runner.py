@@ -30,10 +30,11 @@ from typing import Any
 
 import torch
 
+from harness.family.cases import Case, MutationCase
+from harness.family.family import Family
 from harness.io.tensor_store import TensorSpec, TensorStore
 from harness.io.writer import write_model_dir
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Case, Family, MutationCase
 from harness.mutation.catalogue import GENERIC
 from harness.mutation.planting import Mutable, Mutant, about
 from harness.parity.html_report import mutate_page, write_html

@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.family.cases import Case
+from harness.family.family import Family
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Case, Family
 from harness.mapping.output import write_converted
 from harness.parity.parity import ParityResult, cuda_skip_reason, load_converted, make_tokens, run_parity
 

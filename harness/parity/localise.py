@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from harness.family.family import Family
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Family
 from harness.parity.observe import first_finding
 from harness.parity.points import points_for, record, sites, unsupported
 from harness.parity.streamed_model import StreamedModel

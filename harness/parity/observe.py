@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from harness.mapping.family import Family
+from harness.family.family import Family
 from harness.parity.parity import load_converted
 from harness.parity.points import Recording, Site
 from harness.parity.signature import Mark, Signature, from_load, from_readings, owner

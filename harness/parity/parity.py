@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from harness.family.family import Family
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Family
 from harness.parity.metrics import TORCH_DTYPES, Metrics, Tolerance, compare_logits, tolerance_for
 
 __all__ = ["ParityResult", "ReferenceMemo", "UpcastTensors", "cuda_skip_reason", "devices", "load_converted",

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.family.family import Family
 from harness.mapping.conversion import SourceCheckpoint
-from harness.mapping.family import Family
 from harness.mapping.points import Point
 from harness.parity.parity import UpcastTensors
 

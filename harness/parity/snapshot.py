@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from harness.mapping.family import Family
+from harness.family.family import Family
 from harness.parity.check import RoundTrip
 from harness.parity.metrics import tolerance_for
 from harness.parity.parity import load_converted, make_tokens

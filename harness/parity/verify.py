@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from harness.errors import ConversionError
-from harness.mapping.family import Family
+from harness.family.family import Family
 from harness.parity.localise import localise_streamed
 from harness.parity.metrics import TORCH_DTYPES, compare_logits
 from harness.parity.observe import BOUND
