@@ -42,7 +42,7 @@ CHECKS = [
 _L, _H = "layers.{layer}", "model.layers.{layer}"
 EMBEDDING = Rename("tok_embeddings.weight", "model.embed_tokens.weight")
 ATTENTION = [
-    # Upstream rotates interleaved pairs (fact 3); transformers rotates halves: permute q/k rows per head, k per kv head.
+    # Upstream rotates interleaved pairs (fact 3), transformers halves: permute q/k rows per head, k per kv head.
     Rotary(f"{_L}.attention.wq.weight", f"{_H}.self_attn.q_proj.weight", heads="n_heads"),
     Rotary(f"{_L}.attention.wk.weight", f"{_H}.self_attn.k_proj.weight", heads="n_kv_heads"),
     Rename(f"{_L}.attention.wv.weight", f"{_H}.self_attn.v_proj.weight"),

@@ -9,34 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from converters.mistral.params import ATTENTION, CHECKS, EMBEDDING, FIELDS, HEAD, PARAMS, dims
 from converters.mixtral.source import shapes
 from harness.family.tables import KeyTables
-from harness.mapping.config_kinds import (
-    Count,
-    Divides,
-    NonNegativeFloat,
-    NotAbove,
-    Optional,
-    PositiveFloat,
-    PositiveInt,
-)
+from harness.mapping.config_kinds import Count, NonNegativeFloat, NotAbove, Optional, PositiveInt
 from harness.mapping.config_map import ConfigMap, Field
 from harness.mapping.keymap import KeyMap, Layouts
-from harness.mapping.rules import Rename, Rotary, Unstack
+from harness.mapping.rules import Rename, Unstack
 
 __all__ = ["CONFIG", "KEYS", "TABLES"]
 
 CONFIG = ConfigMap(
     [
-        Field("dim", "hidden_size", kind=PositiveInt),
-        Field("n_layers", "num_hidden_layers", kind=Count),
-        # independent of dim (L94-97); transformers' default dim/heads is wrong
-        Field("head_dim", "head_dim", kind=PositiveInt),
-        Field("hidden_dim", "intermediate_size", kind=PositiveInt),
-        Field("n_heads", "num_attention_heads", kind=PositiveInt),
-        Field("n_kv_heads", "num_key_value_heads", kind=PositiveInt),
-        Field("norm_eps", "rms_norm_eps", kind=PositiveFloat),
-        Field("vocab_size", "vocab_size", kind=PositiveInt),
+        *FIELDS,  # the attention's fields, as the dense family reads them
         Field("moe.num_experts", "num_local_experts", kind=Count),
         Field("moe.num_experts_per_tok", "num_experts_per_tok", kind=PositiveInt),
         # L312 `self.args.rope_theta or 1000000.0`: absent, null or 0 means 1e6 (the 8x7B params.json has none).
@@ -53,54 +38,41 @@ CONFIG = ConfigMap(
         "router_jitter_noise": 0.0,
     },
     ignored={"sliding_window": "the one-file reference implements no sliding window (Mixtral uses none)"},
-    name="params.json",
+    name=PARAMS,
     checks=[
-        Divides("n_kv_heads", "n_heads", why="each kv head serves a whole group of q heads"),
-        Divides(2, "head_dim", why="rotary embeddings turn interleaved pairs of dimensions (L69-79)"),
+        *CHECKS,
         NotAbove("moe.num_experts_per_tok", "moe.num_experts", why="the router picks its top-k of the experts"),
     ],
 )
 
-_ATTENTION = [
-    # Upstream rotates interleaved pairs (L69-79); transformers rotates halves: permute q/k rows per head.
-    Rotary("layers.{layer}.attention.wq.weight", "model.layers.{layer}.self_attn.q_proj.weight", heads="n_heads"),
-    Rotary("layers.{layer}.attention.wk.weight", "model.layers.{layer}.self_attn.k_proj.weight", heads="n_kv_heads"),
-    Rename("layers.{layer}.attention.wv.weight", "model.layers.{layer}.self_attn.v_proj.weight"),
-    Rename("layers.{layer}.attention.wo.weight", "model.layers.{layer}.self_attn.o_proj.weight"),
-    Rename("layers.{layer}.attention_norm.weight", "model.layers.{layer}.input_layernorm.weight"),
-    Rename("layers.{layer}.ffn_norm.weight", "model.layers.{layer}.post_attention_layernorm.weight"),
-]
-_EMBED = Rename("tok_embeddings.weight", "model.embed_tokens.weight")
-_HEAD = [Rename("norm.weight", "model.norm.weight"), Rename("output.weight", "lm_head.weight")]
 _MOE = "model.layers.{layer}.block_sparse_moe"
 _RANGES = {"layer": "n_layers", "expert": "n_experts"}
 
 
 def _dims(c: dict[str, Any]) -> dict[str, int]:
-    return {"n_layers": c["n_layers"], "n_heads": c["n_heads"], "n_kv_heads": c["n_kv_heads"],
-            "head_dim": c["head_dim"], "n_experts": c["moe.num_experts"]}
+    return {**dims(c), "n_experts": c["moe.num_experts"]}
 
 
 KEYS = Layouts("mixtral", {
     # Per-expert keys, as upstream's module tree names them (w1 = gate_proj, w3 = up_proj, w2 = down_proj).
     "experts": KeyMap([
-        _EMBED,
-        *_ATTENTION,
+        EMBEDDING,
+        *ATTENTION,
         Rename("layers.{layer}.feed_forward.gate.weight", f"{_MOE}.gate.weight"),
         Rename("layers.{layer}.feed_forward.experts.{expert}.w1.weight", f"{_MOE}.experts.{{expert}}.w1.weight"),
         Rename("layers.{layer}.feed_forward.experts.{expert}.w2.weight", f"{_MOE}.experts.{{expert}}.w2.weight"),
         Rename("layers.{layer}.feed_forward.experts.{expert}.w3.weight", f"{_MOE}.experts.{{expert}}.w3.weight"),
-        *_HEAD,
+        *HEAD,
     ], _RANGES, _dims),
     # Hub consolidated.0N.pt: experts stacked by rows, no `.weight` suffix; row block e of w2 is w2_e transposed.
     "fused": KeyMap([
-        _EMBED,
-        *_ATTENTION,
+        EMBEDDING,
+        *ATTENTION,
         Rename("layers.{layer}.block_sparse_moe.gate.weight", f"{_MOE}.gate.weight"),
         Unstack("layers.{layer}.block_sparse_moe.w1", f"{_MOE}.experts.{{expert}}.w1.weight"),
         Unstack("layers.{layer}.block_sparse_moe.w2", f"{_MOE}.experts.{{expert}}.w2.weight", transpose_blocks=True),
         Unstack("layers.{layer}.block_sparse_moe.w3", f"{_MOE}.experts.{{expert}}.w3.weight"),
-        *_HEAD,
+        *HEAD,
     ], _RANGES, _dims),
 }, default="experts", title="Mixtral")
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from converters.mistral.params import PARAMS, weight_files
 from harness.errors import ConversionError
 from harness.family.cases import Case
 from harness.io.source_files import open_weights, read_json_config
@@ -25,7 +26,8 @@ __all__ = ["CASES", "CONTAINERS", "HUB_FILES", "SIZES", "read", "shapes", "tiny"
 HUB_FILES = ("params.json", "consolidated.*")
 
 CONTAINERS = ("pth", "pt-shards", "safetensors")
-PARAMS = "params.json"
+_CONTAINER_FILES = {"consolidated.safetensors": "consolidated.safetensors",
+                    "consolidated.00.pth": "consolidated.00.pth", "consolidated.NN.pt": "consolidated.[0-9][0-9].pt"}
 
 # Released sizes in params.json field names.
 SIZES: dict[str, dict[str, Any]] = {
@@ -91,7 +93,7 @@ def read(path: Path, config: Path | None = None) -> SourceCheckpoint:
     """Read a directory (or one weights file in it) in any container; ``config`` replaces params.json."""
     folder = path if path.is_dir() else path.parent
     params = read_json_config(config or folder / PARAMS, "pass --config FILE")
-    tensors = open_weights([path] if path.is_file() else _weight_files(folder))
+    tensors = open_weights([path] if path.is_file() else weight_files(folder, _CONTAINER_FILES))
     layout = "fused" if any(".block_sparse_moe.w1" in k for k in tensors) else "experts"
     return SourceCheckpoint(params, tensors, layout, path)
 
@@ -118,20 +120,3 @@ def write(checkpoint: SourceCheckpoint, path: Path, container: str = "pth", shar
         torch.save(tensors, path / "consolidated.00.pth")
     else:
         safetensors.torch.save_file(tensors, path / "consolidated.safetensors")
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    found = {
-        "consolidated.safetensors": sorted(folder.glob("consolidated.safetensors")),
-        "consolidated.00.pth": sorted(folder.glob("consolidated.00.pth")),
-        "consolidated.NN.pt": sorted(folder.glob("consolidated.[0-9][0-9].pt")),
-    }
-    present = {k: v for k, v in found.items() if v}
-    if len(present) == 1:
-        return next(iter(present.values()))
-    if sorted(folder.glob("consolidated.00.pth-split*")):
-        raise ConversionError(f"{folder} holds byte-split consolidated.00.pth-splitN parts; join them first: "
-                              f"cat consolidated.00.pth-split* > consolidated.00.pth")
-    if not present:
-        raise ConversionError(f"no weights in {folder}: expected one of {', '.join(found)}")
-    raise ConversionError(f"{folder} holds several weight containers ({', '.join(present)}); keep one")
