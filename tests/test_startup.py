@@ -43,8 +43,9 @@ def test_a_family_help_imports_that_family_alone() -> None:
 
 @pytest.mark.parametrize(("name", "case", "options"), [
     ("mixtral", "gqa", []), ("mixtral", "fused-shards", ["--dtype", "float16"]), ("gemma", "mqa", []),
-    ("llama", "gqa-mp2", ["--dtype", "bfloat16"]), ("rwkv", "ffn-bf16", [])],
-    ids=["renames", "transposed-and-cast", "gemma-ckpt", "llama-ranks", "rwkv-pth"])
+    ("llama", "gqa-mp2", ["--dtype", "bfloat16"]), ("rwkv", "ffn-bf16", []), ("mistral", "layer-pattern", []),
+    ("mistral", "v01-window", ["--dtype", "bfloat16"])],
+    ids=["renames", "transposed-and-cast", "gemma-ckpt", "llama-ranks", "rwkv-pth", "mistral-shards", "mistral-pth"])
 def test_a_conversion_that_rearranges_or_casts_bytes_imports_neither_torch_nor_transformers(
         tmp_path: Path, name: str, case: str, options: list[str]) -> None:
     fam = family(name)

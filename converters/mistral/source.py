@@ -15,7 +15,7 @@ from typing import Any
 from converters.mistral.params import PARAMS, weight_files
 from harness.errors import ConversionError
 from harness.family.cases import Case
-from harness.io.source_files import open_weights, read_json_config
+from harness.io.source_files import index_shards, open_weights, read_json_config
 from harness.io.tensor_store import TensorStore
 from harness.mapping.conversion import SourceCheckpoint
 
@@ -91,8 +91,8 @@ def read(path: Path, config: Path | None = None) -> SourceCheckpoint:
     """Read a directory (or one weights file in it) in any container; ``config`` replaces params.json."""
     folder = path if path.is_dir() else path.parent
     params = read_json_config(config or folder / PARAMS, "pass --config FILE")
-    files = [path] if path.is_file() else weight_files(folder, CONTAINERS)
-    return SourceCheckpoint(params, open_weights(_whole(files)), "default", path)
+    files = [path] if path.is_file() else _whole(weight_files(folder, CONTAINERS), folder / INDEX)
+    return SourceCheckpoint(params, open_weights(files), "default", path)
 
 
 def write(checkpoint: SourceCheckpoint, path: Path, container: str = "safetensors", shards: int = 3) -> None:
@@ -122,8 +122,10 @@ def write(checkpoint: SourceCheckpoint, path: Path, container: str = "safetensor
         safetensors.torch.save_file(tensors, path / CONTAINERS["safetensors"])
 
 
-def _whole(files: list[Path]) -> list[Path]:
-    """Sharded files must all be there: ``-of-NNNNN`` says how many."""
+def _whole(files: list[Path], index: Path) -> list[Path]:
+    """Sharded files must all be there: the index names them, or without one ``-of-NNNNN`` says how many."""
+    if "-of-" in files[0].name and index.exists():
+        return index_shards(index)
     total = {int(f.stem[-5:]) for f in files if "-of-" in f.name}
     if total and (len(total) > 1 or len(files) != total.pop()):
         raise ConversionError(f"{files[0].parent} holds {len(files)} consolidated-NNNNN-of-NNNNN.safetensors "
