@@ -8,11 +8,10 @@ releases on the Hub are cut into ``consolidated-NNNNN-of-NNNNN.safetensors`` wit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from converters.mistral.params import PARAMS, weight_files
+from converters.mistral.params import INDEX, PARAMS, weight_files, write_consolidated
 from harness.errors import ConversionError
 from harness.family.cases import Case
 from harness.io.source_files import index_shards, open_weights, read_json_config
@@ -24,9 +23,7 @@ __all__ = ["CASES", "CONTAINERS", "HUB_FILES", "SIZES", "read", "shapes", "tiny"
 # What `convert`/`verify` fetch for a Hub id as SOURCE: params.json, the weights and the tokenizer file.
 HUB_FILES = ("params.json", "consolidated*", "tokenizer.model*", "tekken.json")
 
-CONTAINERS = {"safetensors": "consolidated.safetensors", "pth": "consolidated.00.pth",
-              "sharded": "consolidated-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].safetensors"}
-INDEX = "consolidated.safetensors.index.json"
+CONTAINERS = ("safetensors", "pth", "sharded")  # converters/mistral/params.py FILES names their files
 
 # Released sizes in params.json field names (the text model only).
 SIZES: dict[str, dict[str, Any]] = {
@@ -100,26 +97,7 @@ def write(checkpoint: SourceCheckpoint, path: Path, container: str = "safetensor
     container = "safetensors" if container == "default" else container
     if container not in CONTAINERS:
         raise ConversionError(f"unknown container {container!r}; choose one of {', '.join(CONTAINERS)}")
-    import safetensors.torch
-    import torch
-
-    path.mkdir(parents=True, exist_ok=True)
-    (path / PARAMS).write_text(json.dumps(checkpoint.config, indent=4) + "\n")
-    keys = list(checkpoint.tensors)
-    if container == "sharded":  # contiguous runs of keys, as the Hub's shards hold them
-        weight_map = {}
-        for i in range(shards):
-            name = f"consolidated-{i + 1:05d}-of-{shards:05d}.safetensors"
-            part = keys[i * len(keys) // shards: (i + 1) * len(keys) // shards]
-            safetensors.torch.save_file({k: checkpoint.tensors[k].contiguous() for k in part}, path / name)
-            weight_map |= dict.fromkeys(part, name)
-        (path / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2) + "\n")
-        return
-    tensors = {k: checkpoint.tensors[k].contiguous() for k in keys}
-    if container == "pth":
-        torch.save(tensors, path / CONTAINERS["pth"])
-    else:
-        safetensors.torch.save_file(tensors, path / CONTAINERS["safetensors"])
+    write_consolidated(checkpoint, path, container, shards)
 
 
 def _whole(files: list[Path], index: Path) -> list[Path]:

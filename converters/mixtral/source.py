@@ -9,11 +9,10 @@ layouts are read and written here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from converters.mistral.params import PARAMS, weight_files
+from converters.mistral.params import PARAMS, weight_files, write_consolidated
 from harness.errors import ConversionError
 from harness.family.cases import Case
 from harness.io.source_files import open_weights, read_json_config
@@ -26,8 +25,6 @@ __all__ = ["CASES", "CONTAINERS", "HUB_FILES", "SIZES", "read", "shapes", "tiny"
 HUB_FILES = ("params.json", "consolidated.*")
 
 CONTAINERS = ("pth", "pt-shards", "safetensors")
-_CONTAINER_FILES = {"consolidated.safetensors": "consolidated.safetensors",
-                    "consolidated.00.pth": "consolidated.00.pth", "consolidated.NN.pt": "consolidated.[0-9][0-9].pt"}
 
 # Released sizes in params.json field names.
 SIZES: dict[str, dict[str, Any]] = {
@@ -93,30 +90,14 @@ def read(path: Path, config: Path | None = None) -> SourceCheckpoint:
     """Read a directory (or one weights file in it) in any container; ``config`` replaces params.json."""
     folder = path if path.is_dir() else path.parent
     params = read_json_config(config or folder / PARAMS, "pass --config FILE")
-    tensors = open_weights([path] if path.is_file() else weight_files(folder, _CONTAINER_FILES))
+    tensors = open_weights([path] if path.is_file() else weight_files(folder, CONTAINERS))
     layout = "fused" if any(".block_sparse_moe.w1" in k for k in tensors) else "experts"
     return SourceCheckpoint(params, tensors, layout, path)
 
 
 def write(checkpoint: SourceCheckpoint, path: Path, container: str = "pth", shards: int = 8) -> None:
     """Write ``params.json`` and the weights in one of ``CONTAINERS`` into the directory ``path``."""
-    if container == "default":
-        container = "pth"
+    container = "pth" if container == "default" else container
     if container not in CONTAINERS:
         raise ConversionError(f"unknown container {container!r}; choose one of {', '.join(CONTAINERS)}")
-    import safetensors.torch
-    import torch
-
-    path.mkdir(parents=True, exist_ok=True)
-    (path / PARAMS).write_text(json.dumps(checkpoint.config, indent=4) + "\n")
-    keys = list(checkpoint.tensors)
-    if container == "pt-shards":  # contiguous runs of keys, so that no file holds a whole layer
-        for i in range(shards):
-            part = keys[i * len(keys) // shards: (i + 1) * len(keys) // shards]
-            torch.save({k: checkpoint.tensors[k].contiguous() for k in part}, path / f"consolidated.{i:02d}.pt")
-        return
-    tensors = {k: checkpoint.tensors[k].contiguous() for k in keys}
-    if container == "pth":
-        torch.save(tensors, path / "consolidated.00.pth")
-    else:
-        safetensors.torch.save_file(tensors, path / "consolidated.safetensors")
+    write_consolidated(checkpoint, path, container, shards)
