@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.errors import ConversionError
 
-__all__ = ["EXTRA", "SAMPLES", "available", "check", "convert_tokenizer"]
+__all__ = ["EXTRA", "SAMPLES", "available", "byte_level_bpe", "check", "convert_tokenizer"]
 
 EXTRA = "pip install 'convparity[tokenizer]'"
 SAMPLES = ("Hello world", "  two  spaces\tand a\nnewline ", "Zürich, naïve café — 1234567 ✓ 東京",
@@ -145,30 +145,43 @@ def _sentencepiece(data: bytes, model: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def _tiktoken(data: bytes, model: Path) -> tuple[Any, dict[str, Any]]:
+    ranks = _ranks(data, model)
+    special = {name: len(ranks) + i for i, name in enumerate(LLAMA3_SPECIAL)}  # L3tok 96
+    tokenizer = byte_level_bpe(ranks, PATTERN, special, "<|begin_of_text|>", model)
+    return tokenizer, {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+                       "eos_token": "<|end_of_text|>", "clean_up_tokenization_spaces": False}
+
+
+def byte_level_bpe(ranks: dict[bytes, int], pattern: str, special: dict[str, int], bos: str, model: Path,
+                   offset: int = 0) -> Any:
+    """A ``tokenizers`` byte-level BPE that encodes as ``tiktoken.Encoding(pat_str=pattern, mergeable_ranks=ranks)``
+    does, each rank's id shifted by ``offset``, the ``special`` tokens at their ids and ``bos`` first (Llama 3, and
+    Mistral's tekken.json, whose specials come first)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import BPE
 
-    ranks = _ranks(data, model)
     chars = _byte_chars()
     text = {token: "".join(chars[b] for b in token) for token in ranks}
     merges = []  # tiktoken merges the adjacent pair whose join ranks lowest: merges in the rank order of the join
     for token in sorted(ranks, key=ranks.__getitem__):
         splits = [(token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in ranks and token[k:] in ranks]
         merges += [(text[a], text[b]) for a, b in sorted(splits, key=lambda s: (ranks[s[0]], ranks[s[1]]))]
-    tokenizer = Tokenizer(BPE(vocab={text[t]: r for t, r in ranks.items()}, merges=merges, fuse_unk=False))
+    vocab = {text[t]: r + offset for t, r in ranks.items()}
+    if clash := sorted(set(vocab) & set(special)):
+        raise ConversionError(f"{model}: special token(s) {clash[:3]} are also regular tokens; a tokenizer.json "
+                              "holds one id per string")
+    tokenizer = Tokenizer(BPE(vocab=vocab | special, merges=merges, fuse_unk=False))
     tokenizer.model.ignore_merges = True  # a pre-token that is itself a rank is one token, as in tiktoken
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PATTERN), behavior="isolated"),
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in LLAMA3_SPECIAL])
-    bos = "<|begin_of_text|>"
+    tokenizer.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in special])
     tokenizer.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
         processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                      special_tokens=[(bos, len(ranks))])])
-    return tokenizer, {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": "<|end_of_text|>",
-                       "clean_up_tokenization_spaces": False}
+                                      special_tokens=[(bos, special[bos])])])
+    return tokenizer
 
 
 def _ranks(data: bytes, model: Path) -> dict[bytes, int]:
