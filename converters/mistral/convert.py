@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from converters.mistral import tokenizer
 from converters.mistral.params import ATTENTION, CHECKS, EMBEDDING, FIELDS, HEAD, PARAMS, dims
 from converters.mistral.source import shapes
+from converters.mistral.tokenizer import EXTRA
 from harness.errors import ConversionError
 from harness.family.tables import KeyTables
 from harness.mapping.config_kinds import Check, Kind, NonNegativeFloat, Optional, PositiveInt
@@ -133,11 +136,18 @@ KEYS = Layouts("mistral", KeyMap([
 
 def convert(source: SourceCheckpoint) -> Converted:
     """Config and tensor stream; a config without per-layer types writes no ``layer_types`` (MistralConfig
-    would warn)."""
+    would warn). The tokenizer file beside the weights is converted too (and checked against mistral_common where
+    the ``tokenizer`` extra is installed)."""
     refuse_unsupported(source.config, source.tensors)
     converted = TABLES.derived_convert(source)
     if converted.config["layer_types"] is None:
         del converted.config["layer_types"]
+    folder = source.path if source.path is None or source.path.is_dir() else source.path.parent
+    if folder is not None and (file := tokenizer.find(folder)) is not None:
+        checked = tokenizer.available()
+        converted.files = partial(tokenizer.convert_tokenizer, file, source.config["vocab_size"], verify=checked)
+        converted.notes.append(f"{file.name} -> tokenizer.json" + ("" if checked else f" (not checked against "
+                                                                                       f"mistral_common: {EXTRA})"))
     return converted
 
 
