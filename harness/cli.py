@@ -161,6 +161,10 @@ def _parser(chosen: str | None = None) -> argparse.ArgumentParser:
     mutate.add_argument("--json", type=Path, metavar="FILE", help="write one record per mutant as JSON")
     mutate.add_argument("--html", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
     mutate.add_argument("--quiet", action="store_true", help="no progress bar")
+    mutate.add_argument("--structural", action="store_true",
+                        help="the catalogue derived from the key table and the named points (each data rule skipped "
+                             "or inverted, same-shape targets swapped, config fields perturbed, one tensor per point "
+                             "scaled by 1.01) instead of the name-based one; kills reported per point")
     mutate.add_argument("--diagnose", action="store_true",
                         help="measure diagnosis instead: each mutant in turn is the unknown bug on each case; count "
                              "how often the named sub-module is one it touched and its class is ranked first / in "

@@ -136,7 +136,7 @@ def mutate(args: argparse.Namespace) -> int:
     if args.diagnose:
         return run_diagnose(chosen, json_path=args.json, quiet=args.quiet)
     return run_mutate(chosen, _choices(args.dtypes, CAST_DTYPES, "dtype"), json_path=args.json, html=args.html,
-                      quiet=args.quiet)
+                      quiet=args.quiet, structural_only=args.structural)
 
 
 def list_families(args: argparse.Namespace) -> int:
