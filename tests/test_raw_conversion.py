@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from harness.io import assembly, row_gather
@@ -28,6 +30,19 @@ from harness.mapping import output
 from harness.mapping.byte_plans import PlannedPiece, Run, TransposedRun, byte_plan
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.raw_conversion import raw_conversion
+from harness.mapping.rules import (
+    CutVocab,
+    GroupQKV,
+    MergeRanks,
+    MergeRotary,
+    Rename,
+    Replicated,
+    Rotary,
+    Rule,
+    Split,
+    Transpose,
+    Unstack,
+)
 from harness.registry import families
 
 CASES = [(name, case) for name, fam in families().items() for case in fam.cases]
@@ -91,6 +106,50 @@ def test_every_byte_plan_is_its_rules_forward(tmp_path: Path, family: str, case:
             got = torch.cat([_piece(flat, p) for p in pieces]).reshape(shape)
             assert torch.equal(got, expected), step
     assert planned or (family, case) in TORCH
+
+
+@st.composite
+def _rule_and_input(draw: st.DrawFn) -> tuple[Rule, dict[str, int], tuple[int, ...]]:
+    """A data-movement rule of each kind with drawn sizes, and an input of a shape its forward accepts."""
+    heads, kv, hd = draw(st.integers(1, 4)), draw(st.integers(1, 3)), 2 * draw(st.integers(1, 4))
+    ranks, experts, cols = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    rest = draw(st.sampled_from([(), (cols,), (cols, 2)]))
+    dims = {"n_heads": heads, "n_kv_heads": kv, "head_dim": hd, "n_experts": experts, "vocab_size": 1 + kv,
+            "ranks": ranks}
+    kind = draw(st.sampled_from(["rename", "rotary", "split", "unstack", "unstack-t", "transpose", "cut", "group",
+                                 "merge0", "merge1", "merge-rotary", "replicated"]))
+    rules: dict[str, tuple[Rule, tuple[int, ...]]] = {
+        "rename": (Rename("a", "b"), (heads, *rest)),
+        "rotary": (Rotary("a", "b", heads="n_heads"), (heads * hd, *rest)),
+        "split": (Split("a", ["q", "k", "v"]), ((heads + 2 * kv) * hd, *rest)),
+        "unstack": (Unstack("a", "b.{expert}"), (experts * hd, *rest)),
+        "unstack-t": (Unstack("a", "b.{expert}", transpose_blocks=True), (experts * hd, cols)),
+        "transpose": (Transpose("a", "b"), (hd, cols)),
+        "cut": (CutVocab("a", "b"), (2 + kv + heads, *rest)),
+        "group": (GroupQKV("a", "b"), (3 * heads * hd, *rest)),
+        "merge0": (MergeRanks("a", "b", dim=0), (ranks, hd, *rest)),
+        "merge1": (MergeRanks("a", "b", dim=1), (ranks, hd, cols)),
+        "merge-rotary": (MergeRotary("a", "b", heads="n_heads"), (ranks, heads * hd, *rest)),
+        "replicated": (Replicated("a", "b"), (ranks, hd, *rest)),
+    }
+    if kind == "merge-rotary":  # each rank holds whole heads: the merged rows are ranks x heads heads
+        dims["n_heads"] = ranks * heads
+    rule, shape = rules[kind]
+    return rule, dims, shape
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(drawn=_rule_and_input())
+def test_byte_plans_are_the_forward_on_drawn_layouts_and_shapes(drawn: tuple[Rule, dict[str, int], tuple]) -> None:
+    rule, dims, shape = drawn
+    x = torch.arange(int(np.prod(shape)), dtype=torch.float32).reshape(shape)
+    plan = byte_plan(rule, [shape], dims)
+    assert plan is not None, (rule, shape)
+    expected = rule.forward([x], dims)
+    assert len(plan) == len(expected)
+    for want, (out_shape, pieces) in zip(expected, plan, strict=True):
+        got = torch.cat([_piece([x.reshape(-1)], p) for p in pieces]).reshape(out_shape)
+        assert torch.equal(got, want), (rule, shape)
 
 
 def _piece(flat: list[torch.Tensor], piece: PlannedPiece) -> torch.Tensor:
