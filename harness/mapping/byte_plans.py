@@ -88,11 +88,12 @@ def _moved_rows(rule: Rule, shape: Shape, dims: Dims) -> list[Output] | None:
 
 
 def _runs(numbers: np.ndarray, row: int) -> list[PlannedPiece]:
-    """Consecutive row numbers as one run each."""
+    """Consecutive row numbers as one run each (computed on whole arrays: a rotary plan has a run per row)."""
     if not numbers.size:
         return [Run(0, 0, 0)]
-    breaks = np.flatnonzero(np.diff(numbers) != 1) + 1
-    return [Run(0, int(part[0]) * row, len(part) * row) for part in np.split(numbers, breaks)]
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(numbers) != 1) + 1))
+    lengths = np.diff(np.append(starts, numbers.size))
+    return [Run(0, first * row, n * row) for first, n in zip(numbers[starts].tolist(), lengths.tolist(), strict=True)]
 
 
 def _swapped(rule: Transpose | Unstack, shape: Shape, dims: Dims) -> list[Output] | None:
