@@ -99,3 +99,16 @@ def test_default_inputs_fit_learned_positions_and_a_longer_seq_len_is_refused(tm
     too_long = torch.zeros(1, 24, dtype=torch.long)
     with pytest.raises(ConversionError, match="beyond the 20 positions"):
         verify(fam, source, rt.model_dir, tokens=too_long)
+
+
+def test_convert_verify_power_records_the_power_in_the_card(tmp_path: Path, convparity_round_trip: Callable) -> None:
+    import json
+
+    source = convparity_round_trip("llama", "gqa-mp2").model_dir.parent / "source"
+    out = tmp_path / "hf"
+    assert main(["convert", "llama", str(source), str(out), "--dtype", "bfloat16", "--verify", "--power",
+                 "--quiet"]) == 0
+    power = json.loads((out / "convparity.json").read_text())["result"]["power"]
+    assert power["applicable"] >= 5 and power["killed"] == power["applicable"]
+    card = (out / "README.md").read_text()
+    assert f"{power['killed']} of {power['applicable']} applicable mutants" in card and "**PASS**" in card
