@@ -65,6 +65,10 @@ class Rule:
     source_dtypes: ClassVar[Mapping[int, tuple[str, ...]]] = {}  # input index -> the non-float dtypes it takes
     inverse_exact: ClassVar[bool] = True  # inverse(forward(x)) gives back every bit of x
     row_dims: ClassVar[int] = 1  # leading axes of each input that number its rows (2: stacked by rank, then rows)
+    # Only moves data (rows, columns, names): rounding each source element commutes with it, so a cast of the
+    # output is the same cast of the source (harness.parity.rounding). A rule that computes says False and
+    # implements ``express``.
+    moves_data: ClassVar[bool] = True
 
     @property
     def moves_rows(self) -> bool:
@@ -92,6 +96,11 @@ class Rule:
 
     def target_keys(self, binding: Mapping[str, int], dims: Dims) -> list[str]:
         return [t.format(binding) for t in self.targets]
+
+    def express(self, outputs: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        """Source tensors that this rule's ``forward`` turns into exactly ``outputs`` (values it did not produce,
+        such as outputs rounded to a narrower dtype): for rules that compute, where ``inverse`` is lossy."""
+        raise NotImplementedError(f"{type(self).__name__} moves data: round its sources instead")
 
     def __repr__(self) -> str:
         src = ", ".join(p.text for p in self.sources)
@@ -225,6 +234,7 @@ class Dequantize(Rule):
 
     source_dtypes = {0: ("int8",)}  # gemma_pytorch quant=True weights
     inverse_exact = False  # exact only for the values a quantisation produced
+    moves_data = False
 
     def __init__(self, weight: str, scaler: str, target: str) -> None:
         super().__init__([weight, scaler], [target])
@@ -234,6 +244,9 @@ class Dequantize(Rule):
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return transforms.quantize(tensors[0])
+
+    def express(self, outputs: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return _unit_scaled(outputs[0])
 
 
 @dataclass(frozen=True)
@@ -273,6 +286,7 @@ class DequantizeSplit(Rule):
 
     source_dtypes = {0: ("int8",)}
     inverse_exact = False
+    moves_data = False
 
     def __init__(self, weight: str, scaler: str, targets: Sequence[str], *, heads: str = "n_heads",
                  kv_heads: str = "n_kv_heads", head_dim: str = "head_dim") -> None:
@@ -285,6 +299,16 @@ class DequantizeSplit(Rule):
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return transforms.quantize(transforms.merge_qkv(*tensors))
+
+    def express(self, outputs: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return _unit_scaled(transforms.merge_qkv(*outputs))
+
+
+def _unit_scaled(weight: torch.Tensor) -> list[torch.Tensor]:
+    """A float weight with a per-row scale of one: ``dequantize`` gives back exactly ``weight``."""
+    import torch
+
+    return [weight, torch.ones(weight.shape[0], dtype=torch.float32)]
 
 
 class RenameAt(Rename):
