@@ -152,6 +152,29 @@ def test_byte_plans_are_the_forward_on_drawn_layouts_and_shapes(drawn: tuple[Rul
         assert torch.equal(got, want), (rule, shape)
 
 
+class _Interleave(Rule):
+    """A row layout no family uses: the rows of two halves interleaved (``reshape``/``swapaxes`` only)."""
+
+    moves_rows = True  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__(["a"], ["b"])
+
+    def forward(self, tensors: list, dims: dict) -> list:
+        w = tensors[0]
+        return [w.reshape(2, w.shape[0] // 2, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)]
+
+
+@settings(max_examples=50, deadline=None, derandomize=True, database=None)
+@given(rows=st.integers(1, 20), cols=st.integers(1, 4))
+def test_a_new_row_layout_gets_its_byte_plan_and_inverse_for_free(rows: int, cols: int) -> None:
+    rule, x = _Interleave(), torch.arange(2 * rows * cols, dtype=torch.float32).reshape(2 * rows, cols)
+    (shape, pieces), = byte_plan(rule, [tuple(x.shape)], {})
+    (out,) = rule.forward([x], {})
+    assert torch.equal(torch.cat([_piece([x.reshape(-1)], p) for p in pieces]).reshape(shape), out)
+    assert torch.equal(rule.inverse([out], {})[0], x)
+
+
 def _piece(flat: list[torch.Tensor], piece: PlannedPiece) -> torch.Tensor:
     source = flat[piece.input]
     if isinstance(piece, Run):

@@ -92,7 +92,12 @@ class Rule:
         raise NotImplementedError
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """Derived for a rule that rearranges the rows of one input into one output, each row kept once: its
+        forward on row numbers says where each row goes back (``transforms.invert_rows``)."""
+        if self.moves_rows and self.inverse_exact and self.row_dims == 1 and len(self.sources) == len(self.targets) \
+                == 1:
+            return [transforms.invert_rows(lambda rows: self.forward([rows], dims)[0], tensors[0])]
+        raise NotImplementedError(f"{type(self).__name__} states no inverse")
 
     def target_keys(self, binding: Mapping[str, int], dims: Dims) -> list[str]:
         return [t.format(binding) for t in self.targets]
@@ -146,8 +151,6 @@ class Rotary(Rule):
     def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return [transforms.permute_rotary(tensors[0], dims[self.heads], dims[self.head_dim])]
 
-    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
-        return [transforms.unpermute_rotary(tensors[0], dims[self.heads], dims[self.head_dim])]
 
 
 class Split(Rule):
@@ -374,7 +377,8 @@ class MergeRotary(MergeRanks):
         return [transforms.permute_rotary(merged, dims[self.heads], dims[self.head_dim])]
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
-        w = transforms.unpermute_rotary(tensors[0], dims[self.heads], dims[self.head_dim])
+        w = transforms.invert_rows(lambda rows: transforms.permute_rotary(rows, dims[self.heads], dims[self.head_dim]),
+                                   tensors[0])
         return super().inverse([w], dims)
 
     def __repr__(self) -> str:

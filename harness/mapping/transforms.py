@@ -12,15 +12,16 @@ an array of row numbers, the same function says where each output row comes from
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported by the functions that call it: the rule tables load without it
     import torch
 
 __all__ = [
     "add_unit_offset", "cut_vocab", "dequantize", "group_qkv_by_head", "group_qkv_by_kind", "merge_qkv",
-    "pad_vocab", "permute_rotary", "quantize", "remove_unit_offset", "split_qkv", "stack_experts", "transpose",
-    "unpermute_rotary", "unstack_experts",
+    "invert_rows", "pad_vocab", "permute_rotary", "quantize", "remove_unit_offset", "split_qkv", "stack_experts",
+    "transpose", "unstack_experts",
 ]
 
 
@@ -35,11 +36,22 @@ def permute_rotary(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor
     return w.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(n_heads * head_dim, *rest)
 
 
-def unpermute_rotary(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
-    """Inverse of :func:`permute_rotary`."""
-    rest = w.shape[1:]
-    # (n_heads, 2, head_dim/2, *rest) -> (n_heads, head_dim/2, 2, *rest)
-    return w.reshape(n_heads, 2, head_dim // 2, *rest).swapaxes(1, 2).reshape(n_heads * head_dim, *rest)
+def invert_rows(forward: Callable[[Any], Any], w: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``forward``, a rearrangement that keeps every row of its input once: run on row numbers, it
+    says where each output row came from, and each row of ``w`` goes back there. A data-movement rule's inverse
+    is thus derived from its one layout, never written a second time.
+
+    >>> import torch
+    >>> invert_rows(lambda rows: permute_rotary(rows, 1, 4), torch.tensor([0, 2, 1, 3])).tolist()
+    [0, 1, 2, 3]
+    """
+    import numpy as np
+    import torch
+
+    came_from = np.asarray(forward(np.arange(w.shape[0]))).reshape(-1)
+    if not np.array_equal(np.sort(came_from), np.arange(w.shape[0])):
+        raise ValueError(f"not a rearrangement of {w.shape[0]} rows: no inverse by rows")
+    return w.index_select(0, torch.as_tensor(np.argsort(came_from), device=w.device))
 
 
 def split_qkv(w: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int) -> list[torch.Tensor]:
