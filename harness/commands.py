@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
 from harness.io.raw_dtypes import CAST_DTYPES
@@ -40,7 +40,7 @@ def convert(args: argparse.Namespace) -> int:
 def verify(args: argparse.Namespace) -> int:
     from harness.parity.card import Card, file_hashes
     from harness.parity.html_report import verify_page, write_html
-    from harness.parity.verify import format_result, read_input_ids, tokenize, verify, write_json, write_report
+    from harness.parity.verify import EXIT, format_result, read_input_ids, tokenize, verify, write_json, write_report
 
     fam = family(args.family)
     converted = getattr(args, "converted", None) or args.output
@@ -51,7 +51,7 @@ def verify(args: argparse.Namespace) -> int:
         (tokens, lengths), inputs = read_input_ids(args.input_ids), f"token ids from {args.input_ids}"
     elif args.text:
         (tokens, lengths), inputs = tokenize(converted, args.text), f"token ids of {len(args.text)} text(s)"
-    if min(args.batch, args.seq_len) < 1:
+    if args.batch < 1 or (args.seq_len is not None and args.seq_len < 1):
         raise ConversionError(f"--batch and --seq-len must be positive; found {args.batch} and {args.seq_len}")
     _resolve_source(args, fam)
     card = Card.open(args.source, converted) if getattr(args, "card", False) or getattr(args, "verify", False) else None
@@ -61,7 +61,8 @@ def verify(args: argparse.Namespace) -> int:
     quiet = getattr(args, "quiet", False)
     result = verify(fam, args.source, converted, tokens=tokens, lengths=lengths, inputs=inputs, device=args.device,
                     compute_dtype=args.compute_dtype, config=args.config, batch=args.batch, seq_len=args.seq_len,
-                    seed=args.seed, progress=None if quiet else lambda m: print(f"verify: {m}", file=sys.stderr),
+                    seed=args.seed, power=_power_hook() if args.power else None,
+                    progress=None if quiet else lambda m: print(f"verify: {m}", file=sys.stderr),
                     **options)
     print(format_result(result))
     if args.json:
@@ -73,7 +74,13 @@ def verify(args: argparse.Namespace) -> int:
     reproduced, lines = card.settle(result, args.hub_id) if card is not None else (True, [])
     for line in lines:
         print(line)
-    return 0 if result.passed and reproduced else 1
+    return EXIT[result.verdict] if reproduced else 1
+
+
+def _power_hook() -> Any:
+    from harness.mutation.power import measure_power
+
+    return measure_power
 
 
 def _resolve_source(args: argparse.Namespace, fam: Family) -> None:
@@ -136,7 +143,7 @@ def mutate(args: argparse.Namespace) -> int:
     if args.diagnose:
         return run_diagnose(chosen, json_path=args.json, quiet=args.quiet)
     return run_mutate(chosen, _choices(args.dtypes, CAST_DTYPES, "dtype"), json_path=args.json, html=args.html,
-                      quiet=args.quiet)
+                      quiet=args.quiet, structural_only=args.structural)
 
 
 def list_families(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from harness.mutation import runner as mutate
 from harness.mutation.catalogue import Mutable, swap_names, transpose_square_weight
+from harness.mutation.structural import point_table, structural
 from harness.registry import families, family
 from tests.family_strategies import STRATEGIES
 
@@ -55,6 +56,24 @@ def test_every_applicable_mutant_is_killed(name: str, dtype: str, verdicts) -> N
     survivors = [f"{r.mutant} ({r.detail})" for r in applicable if not r.killed]
     assert not survivors, f"{name} {dtype}: survived: {survivors}"
     assert len(applicable) >= MIN_APPLICABLE, [r.mutant for r in applicable]
+
+
+MIN_STRUCTURAL = 10
+
+
+@pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5, reason="kills are measured on transformers 5.x")
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_structural_catalogue_applies_to_every_family_and_is_killed(name: str, tmp_path: Path) -> None:
+    """Mutants derived from the key table and the points, not from names: RWKV gets as many as a Llama."""
+    records, controls = mutate.run_family(FAMILIES[name], list(MUTATE_DTYPES), tmp_path, exhaustive=False,
+                                          mutants=structural(FAMILIES[name]))
+    for dtype in MUTATE_DTYPES:
+        applicable = [r for r in records if r.dtype == dtype and r.applicable]
+        assert not [f"{r.mutant} ({r.detail})" for r in applicable if not r.killed], f"{name} {dtype}"
+        assert len(applicable) >= MIN_STRUCTURAL, [r.mutant for r in applicable]
+    assert not [c for c in controls if c.killed]
+    table = point_table(FAMILIES[name], records)
+    assert len(table) == len(FAMILIES[name].points) + 1
 
 
 @pytest.mark.parametrize("dtype", MUTATE_DTYPES)

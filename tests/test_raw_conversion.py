@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import queue
 import struct
 import zipfile
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from harness.io import assembly, row_gather
@@ -28,6 +29,19 @@ from harness.mapping import output
 from harness.mapping.byte_plans import PlannedPiece, Run, TransposedRun, byte_plan
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mapping.raw_conversion import raw_conversion
+from harness.mapping.rules import (
+    CutVocab,
+    GroupQKV,
+    MergeRanks,
+    MergeRotary,
+    Rename,
+    Replicated,
+    Rotary,
+    Rule,
+    Split,
+    Transpose,
+    Unstack,
+)
 from harness.registry import families
 
 CASES = [(name, case) for name, fam in families().items() for case in fam.cases]
@@ -52,10 +66,10 @@ def test_the_byte_path_writes_what_the_torch_path_writes(tmp_path: Path, family:
     assert (raw is None) == ((family, case) in TORCH)
     if raw is None:
         pytest.skip("a step computes: the torch path alone")
-    monkeypatch.setattr(assembly, "_CHUNK", 97)  # many chunks, cut inside rows, written by several threads
-    monkeypatch.setattr(assembly, "_DIRECT", 16)  # longer runs are cast straight from the mapped file
-    monkeypatch.setattr(assembly, "_BLOCK", 20)  # and cast in blocks that cut them
-    output.write_converted(fam.convert(source), tmp_path / "raw", dtype=dtype, max_shard_size=20_000)
+    # many chunks, cut inside rows, written by several threads; longer runs are cast straight from the mapped file,
+    # in blocks that cut them
+    engine = assembly.AssemblyEngine(chunk=97, direct=16, block=20)
+    output.write_converted(fam.convert(source), tmp_path / "raw", dtype=dtype, max_shard_size=20_000, engine=engine)
     monkeypatch.setattr(output, "raw_conversion", lambda *a: None)
     output.write_converted(fam.convert(source), tmp_path / "torch", dtype=dtype, max_shard_size=20_000)
     files = sorted(p.name for p in (tmp_path / "torch").iterdir())
@@ -91,6 +105,73 @@ def test_every_byte_plan_is_its_rules_forward(tmp_path: Path, family: str, case:
             got = torch.cat([_piece(flat, p) for p in pieces]).reshape(shape)
             assert torch.equal(got, expected), step
     assert planned or (family, case) in TORCH
+
+
+@st.composite
+def _rule_and_input(draw: st.DrawFn) -> tuple[Rule, dict[str, int], tuple[int, ...]]:
+    """A data-movement rule of each kind with drawn sizes, and an input of a shape its forward accepts."""
+    heads, kv, hd = draw(st.integers(1, 4)), draw(st.integers(1, 3)), 2 * draw(st.integers(1, 4))
+    ranks, experts, cols = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    rest = draw(st.sampled_from([(), (cols,), (cols, 2)]))
+    dims = {"n_heads": heads, "n_kv_heads": kv, "head_dim": hd, "n_experts": experts, "vocab_size": 1 + kv,
+            "ranks": ranks}
+    kind = draw(st.sampled_from(["rename", "rotary", "split", "unstack", "unstack-t", "transpose", "cut", "group",
+                                 "merge0", "merge1", "merge-rotary", "replicated"]))
+    rules: dict[str, tuple[Rule, tuple[int, ...]]] = {
+        "rename": (Rename("a", "b"), (heads, *rest)),
+        "rotary": (Rotary("a", "b", heads="n_heads"), (heads * hd, *rest)),
+        "split": (Split("a", ["q", "k", "v"]), ((heads + 2 * kv) * hd, *rest)),
+        "unstack": (Unstack("a", "b.{expert}"), (experts * hd, *rest)),
+        "unstack-t": (Unstack("a", "b.{expert}", transpose_blocks=True), (experts * hd, cols)),
+        "transpose": (Transpose("a", "b"), (hd, cols)),
+        "cut": (CutVocab("a", "b"), (2 + kv + heads, *rest)),
+        "group": (GroupQKV("a", "b"), (3 * heads * hd, *rest)),
+        "merge0": (MergeRanks("a", "b", dim=0), (ranks, hd, *rest)),
+        "merge1": (MergeRanks("a", "b", dim=1), (ranks, hd, cols)),
+        "merge-rotary": (MergeRotary("a", "b", heads="n_heads"), (ranks, heads * hd, *rest)),
+        "replicated": (Replicated("a", "b"), (ranks, hd, *rest)),
+    }
+    if kind == "merge-rotary":  # each rank holds whole heads: the merged rows are ranks x heads heads
+        dims["n_heads"] = ranks * heads
+    rule, shape = rules[kind]
+    return rule, dims, shape
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(drawn=_rule_and_input())
+def test_byte_plans_are_the_forward_on_drawn_layouts_and_shapes(drawn: tuple[Rule, dict[str, int], tuple]) -> None:
+    rule, dims, shape = drawn
+    x = torch.arange(int(np.prod(shape)), dtype=torch.float32).reshape(shape)
+    plan = byte_plan(rule, [shape], dims)
+    assert plan is not None, (rule, shape)
+    expected = rule.forward([x], dims)
+    assert len(plan) == len(expected)
+    for want, (out_shape, pieces) in zip(expected, plan, strict=True):
+        got = torch.cat([_piece([x.reshape(-1)], p) for p in pieces]).reshape(out_shape)
+        assert torch.equal(got, want), (rule, shape)
+
+
+class _Interleave(Rule):
+    """A row layout no family uses: the rows of two halves interleaved (``reshape``/``swapaxes`` only)."""
+
+    moves_rows = True  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__(["a"], ["b"])
+
+    def forward(self, tensors: list, dims: dict) -> list:
+        w = tensors[0]
+        return [w.reshape(2, w.shape[0] // 2, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)]
+
+
+@settings(max_examples=50, deadline=None, derandomize=True, database=None)
+@given(rows=st.integers(1, 20), cols=st.integers(1, 4))
+def test_a_new_row_layout_gets_its_byte_plan_and_inverse_for_free(rows: int, cols: int) -> None:
+    rule, x = _Interleave(), torch.arange(2 * rows * cols, dtype=torch.float32).reshape(2 * rows, cols)
+    (shape, pieces), = byte_plan(rule, [tuple(x.shape)], {})
+    (out,) = rule.forward([x], {})
+    assert torch.equal(torch.cat([_piece([x.reshape(-1)], p) for p in pieces]).reshape(shape), out)
+    assert torch.equal(rule.inverse([out], {})[0], x)
 
 
 def _piece(flat: list[torch.Tensor], piece: PlannedPiece) -> torch.Tensor:
@@ -176,13 +257,9 @@ def test_a_row_gather_writes_its_parts_in_order(tmp_path: Path, buffer: int, ker
 
 @pytest.mark.parametrize("in_memfd", [True, False], ids=["buffered-in-memfd", "pwrite"])
 @pytest.mark.parametrize("rows", [16, 13], ids=["grouped-rows", "ungrouped-rows"])
-def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, rows: int, in_memfd: bool,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(assembly, "_CHUNK", 29)  # chunks that cut output rows, on several threads
-    monkeypatch.setattr(assembly, "_TILE", 4)
-    if not in_memfd:  # as where there is no memfd or no /proc: fresh buffers of plain memory, written with pwrite
-        monkeypatch.setattr(assembly, "_memfd_usable", lambda: False)
-        monkeypatch.setattr(assembly, "_FREE", queue.SimpleQueue())
+def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, rows: int, in_memfd: bool) -> None:
+    # chunks that cut output rows, on several threads; without memfd (or /proc): plain memory, written with pwrite
+    engine = assembly.AssemblyEngine(chunk=29, tile=4, memfd=None if in_memfd else False)
     bits = np.random.default_rng(0).integers(0, 1 << 16, rows * 24, dtype=np.uint16)
     bits[:4] = [0x7C01, 0xFC01, 0x7E00, 0xFFFF]  # float16 NaN patterns: moved as they are, never as values
     (tmp_path / "src").write_bytes(b"\0" * 6 + bits.tobytes())
@@ -191,7 +268,7 @@ def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, r
     halves = tuple(FileRegion(tmp_path / "src", 6 + h * rows * 24, (rows, 12), f16) for h in (0, 1))
     pieces = (assembly.Transposed(matrix), assembly.Interleaved(halves, rows))
     with open(tmp_path / "out", "wb+") as f:
-        assembly.write_assembly(assembly.Assembly(pieces, (2 * rows * 24,), f16), f.fileno(), 0)
+        assembly.write_assembly(assembly.Assembly(pieces, (2 * rows * 24,), f16), f.fileno(), 0, engine)
     source = bits.reshape(rows, 24)
     expected = np.concatenate([source.T.reshape(-1), np.hstack([bits[: rows * 12].reshape(rows, 12),
                                                                 bits[rows * 12:].reshape(rows, 12)]).reshape(-1)])
@@ -199,14 +276,9 @@ def test_assembled_transposes_and_joins_move_every_bit_pattern(tmp_path: Path, r
 
 
 @pytest.mark.parametrize("in_memfd", [True, False], ids=["buffered-in-memfd", "pwrite"])
-def test_an_assembled_cast_writes_each_block_in_its_place(tmp_path: Path, in_memfd: bool,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(assembly, "_CHUNK", 23)
-    monkeypatch.setattr(assembly, "_DIRECT", 8)  # the long region is cast from its file, the short one copied first
-    monkeypatch.setattr(assembly, "_BLOCK", 5)
-    if not in_memfd:
-        monkeypatch.setattr(assembly, "_memfd_usable", lambda: False)
-        monkeypatch.setattr(assembly, "_FREE", queue.SimpleQueue())
+def test_an_assembled_cast_writes_each_block_in_its_place(tmp_path: Path, in_memfd: bool) -> None:
+    # the long region is cast from its file, the short one copied first
+    engine = assembly.AssemblyEngine(chunk=23, direct=8, block=5, memfd=None if in_memfd else False)
     bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)[::97]  # bfloat16 patterns of every kind
     (tmp_path / "src").write_bytes(bits.tobytes())
     bf16, f16 = BY_NAME["bfloat16"], BY_NAME["float16"]
@@ -214,14 +286,14 @@ def test_an_assembled_cast_writes_each_block_in_its_place(tmp_path: Path, in_mem
               FileRegion(tmp_path / "src", 2 * (bits.size - 6), (6,), bf16))
     made = assembly.Assembly(pieces, (bits.size,), f16)
     with open(tmp_path / "out", "wb+") as f:
-        assembly.write_assembly(made, f.fileno(), 0)
+        assembly.write_assembly(made, f.fileno(), 0, engine)
     expected = cast_bits(bits, bf16, f16)
     assert np.array_equal(np.frombuffer((tmp_path / "out").read_bytes(), dtype=np.uint16), expected)
     assert made.nonfinite == [int(((bits & 0x7F80) == 0x7F80).sum())]
 
 
-def test_progress_counts_only_bytes_already_in_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(assembly, "_CHUNK", 64)  # a chunk per output row, on several threads
+def test_progress_counts_only_bytes_already_in_the_file(tmp_path: Path) -> None:
+    engine = assembly.AssemblyEngine(chunk=64)  # a chunk per output row, on several threads
     bits = np.arange(1, 64 * 64 + 1, dtype=np.uint16)  # no zero: a zero in the output is a byte not written yet
     (tmp_path / "src").write_bytes(bits.tobytes())
     f16 = BY_NAME["float16"]
@@ -236,10 +308,32 @@ def test_progress_counts_only_bytes_already_in_the_file(tmp_path: Path, monkeypa
             in_file = np.frombuffer(os.pread(f.fileno(), expected.nbytes, 0), dtype=np.uint16)
             assert np.count_nonzero(in_file == expected) * 2 >= sum(reported)
 
-        writes = assembly.Writes(progress)
+        writes = assembly.Writes(progress, engine=engine)
         writes.start(made, f.fileno(), 0)
         writes.finish()
     assert reported == [128] * 64
+
+
+def test_an_engine_used_again_in_a_forked_child_starts_its_own_threads(tmp_path: Path) -> None:
+    bits = np.arange(1, 8 * 8 + 1, dtype=np.uint16)
+    (tmp_path / "src").write_bytes(bits.tobytes())
+    f16 = BY_NAME["float16"]
+    made = assembly.Assembly((assembly.Transposed(FileRegion(tmp_path / "src", 0, (8, 8), f16)),), (64,), f16)
+    engine = assembly.AssemblyEngine(chunk=8, threads=2)
+    with open(tmp_path / "parent", "wb+") as f:
+        assembly.write_assembly(made, f.fileno(), 0, engine)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's worker threads are not here; a stale pool would hang or fail
+        code = 1
+        try:
+            with open(tmp_path / "child", "wb+") as f:
+                assembly.write_assembly(made, f.fileno(), 0, engine)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert (tmp_path / "child").read_bytes() == (tmp_path / "parent").read_bytes() == bits.reshape(8, 8).T.tobytes()
 
 
 def test_an_assembly_past_the_end_of_its_file_is_an_io_error(tmp_path: Path) -> None:

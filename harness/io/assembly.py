@@ -2,11 +2,15 @@
 and casts to another float type.
 
 Its pieces are source regions read through memory maps, so nothing is loaded whole: the output is cut into chunks
-of about ``_CHUNK`` elements, each filled from its pieces, cast where asked (``harness.io.bit_casts``), buffered in a
-memory-backed file and copied into the shard at its own offset by the kernel. Chunks are independent, so several
-are computed at once (numpy releases the GIL while it works); they enter the shard one at a time. Memory stays near
-one chunk per thread whatever the tensor's size. Bytes that need neither a transpose, a join nor a cast never come
-here: the kernel copies them (``harness.io.row_gather``)."""
+of about ``AssemblyEngine.chunk`` elements, each filled from its pieces, cast where asked (``harness.io.bit_casts``),
+buffered in a memory-backed file and copied into the shard at its own offset by the kernel. Chunks are
+independent, so several are computed at once (numpy releases the GIL while it works); they enter the shard one at a
+time. Memory stays near one chunk per thread whatever the tensor's size. Bytes that need neither a transpose, a
+join nor a cast never come here: the kernel copies them (``harness.io.row_gather``).
+
+One ``AssemblyEngine`` holds the worker threads, the chunk buffers and the bound on chunks in flight, with its sizes
+as parameters; the writer makes one per output directory. Nothing is kept in module state, and an engine used
+again in a forked child starts its threads afresh."""
 
 from __future__ import annotations
 
@@ -29,14 +33,9 @@ from harness.io.file_regions import FileRegion, copy_range, merged_spans, nbytes
 from harness.io.nonfinite_bits import count_nonfinite_bits
 from harness.io.raw_dtypes import RawDType
 
-__all__ = ["Assembly", "Interleaved", "Piece", "Transposed", "write_assembly"]
+__all__ = ["Assembly", "AssemblyEngine", "Interleaved", "Piece", "Transposed", "write_assembly"]
 
-_CHUNK = 1 << 22  # output elements per chunk: large enough that per-chunk work (maps, opens) is small beside it
-_TILE = 128  # rows and columns of one transposed tile: both sides stay in cache
 _CARRIER = np.dtype(np.complex128)  # a 16-byte element that numpy copies as raw bytes (no arithmetic touches it)
-_THREADS = min(4, os.cpu_count() or 1)
-_DIRECT = 1 << 16  # a plain region at least this long is cast straight from its file, not copied first
-_BLOCK = 1 << 19  # elements cast and written at a time: the cast area and the cast's working memory stay in cache
 _PAGE = mmap.PAGESIZE
 
 
@@ -50,13 +49,13 @@ class Transposed:
     def units(self) -> tuple[int, int]:  # output rows, elements per output row
         return self.region.shape[1], self.region.shape[0]
 
-    def fill(self, first: int, count: int, out: np.ndarray, files: _Maps) -> None:
+    def fill(self, first: int, count: int, out: np.ndarray, files: _Maps, tile: int) -> None:
         rows, cols = self.region.shape
         columns = files.elements(self.region).reshape(rows, cols)[:, first: first + count]
         block = out.reshape(count, rows)
         group = _CARRIER.itemsize // columns.itemsize
         if rows % group:
-            _transpose_tiles(columns, block)
+            _transpose_tiles(columns, block, tile)
             return
         # numpy copies one element per step whatever its size: moving 16-byte groups of ``group`` source rows
         # (zipped column by column) through the transpose moves ``group`` values per step, about twice as fast.
@@ -64,15 +63,15 @@ class Transposed:
         for j in range(group):
             zipped[:, :, j] = columns[j::group]
         _transpose_tiles(zipped.view(_CARRIER).reshape(rows // group, count),
-                         block.view(_CARRIER).reshape(count, rows // group))
+                         block.view(_CARRIER).reshape(count, rows // group), tile)
 
 
-def _transpose_tiles(source: np.ndarray, out: np.ndarray) -> None:
+def _transpose_tiles(source: np.ndarray, out: np.ndarray, tile: int) -> None:
     """``out[...] = source.T``, tile by tile: a plain strided copy would miss the cache on every element."""
     rows, cols = source.shape
-    for r in range(0, rows, _TILE):
-        for c in range(0, cols, _TILE):
-            out[c: c + _TILE, r: r + _TILE] = source[r: r + _TILE, c: c + _TILE].T
+    for r in range(0, rows, tile):
+        for c in range(0, cols, tile):
+            out[c: c + tile, r: r + tile] = source[r: r + tile, c: c + tile].T
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class Interleaved:
     def units(self) -> tuple[int, int]:
         return self.rows, sum(_numel(r) for r in self.regions) // self.rows
 
-    def fill(self, first: int, count: int, out: np.ndarray, files: _Maps) -> None:
+    def fill(self, first: int, count: int, out: np.ndarray, files: _Maps, tile: int) -> None:
         block = out.reshape(count, -1)
         column = 0
         for region in self.regions:
@@ -107,7 +106,7 @@ class _Whole:
     def units(self) -> tuple[int, int]:
         return _numel(self.region), 1
 
-    def fill(self, first: int, count: int, out: np.ndarray, files: _Maps) -> None:
+    def fill(self, first: int, count: int, out: np.ndarray, files: _Maps, tile: int) -> None:
         out[:] = files.elements(self.region)[first: first + count]
 
 
@@ -142,26 +141,82 @@ class Assembly:
         return merged_spans(self.regions())
 
 
-def write_assembly(assembly: Assembly, fd: int, offset: int) -> None:
+def write_assembly(assembly: Assembly, fd: int, offset: int, engine: AssemblyEngine | None = None) -> None:
     """Write ``assembly``'s bytes into the open file ``fd`` at ``offset``."""
-    writes = Writes()
+    writes = Writes(engine=engine or AssemblyEngine())
     writes.start(assembly, fd, offset)
     writes.finish()
 
 
+@dataclass(eq=False)
+class AssemblyEngine:
+    """The worker threads that compute assemblies, and their sizes.
+
+    ``threads`` workers; ``chunk`` output elements per chunk (large enough that per-chunk work, maps and opens, is
+    small beside it); ``block`` elements cast and written at a time (the cast area and the cast's working memory
+    stay in cache); ``window`` chunks queued or in flight at once (default twice the threads; each holds one set
+    of buffers while it runs); ``direct``: a plain region at least this long is cast straight from its file, not
+    copied first; ``tile``: rows and columns of one transposed tile (both sides stay in cache); ``memfd``: buffer
+    chunks in a memory-backed file (None: where the platform allows, see ``_Buffers``).
+    """
+
+    threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    chunk: int = 1 << 22
+    block: int = 1 << 19
+    window: int = 0
+    direct: int = 1 << 16
+    tile: int = 128
+    memfd: bool | None = None
+    _pid: int = field(default=-1, init=False, repr=False)
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _free: queue.SimpleQueue[_Buffers] = field(default_factory=queue.SimpleQueue, init=False, repr=False)
+    _in_flight: threading.BoundedSemaphore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.window = self.window or 2 * self.threads
+        self.memfd = _memfd_usable() if self.memfd is None else self.memfd
+
+    def submit(self, work: Callable[..., None], *args: object) -> Future[None]:
+        """Run ``work(*args)`` on a worker once fewer than ``window`` chunks are in flight (it must ``release``)."""
+        if self._pid != os.getpid():  # first use, or a forked child: the parent's threads are not here
+            self._pid, self._pool, self._free = os.getpid(), None, queue.SimpleQueue()
+            self._in_flight = threading.BoundedSemaphore(self.window)
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="convparity-assembly")
+        self._in_flight.acquire()
+        assert self._pool is not None
+        return self._pool.submit(work, *args)
+
+    def buffers(self) -> _Buffers:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            return _Buffers(self)
+
+    def release(self, buffers: _Buffers) -> None:
+        self._free.put(buffers)
+        self._in_flight.release()
+
+    def close(self) -> None:
+        """Stop the workers (after the chunks already queued)."""
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.shutdown()
+        self._pid, self._pool = -1, None
+
+
 class Writes:
     """Assemblies being written by the worker threads. ``start`` returns once the tensor's chunks are queued (it
-    waits only while ``_WINDOW`` chunks are in flight, which bounds memory), so the caller goes on to the next
+    waits only while ``engine.window`` chunks are in flight, which bounds memory), so the caller goes on to the next
     tensor while this one is computed: workers never idle between tensors. ``finish`` waits for every chunk and
     raises the first error; the file must stay open until it returns.
 
     ``progress``, if given, is told the bytes of each chunk once they are in the file, from the worker threads;
     the caller reports the bytes it writes itself through ``advance``, so that one call runs at a time."""
 
-    def __init__(self, progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, progress: Callable[[int], None] | None = None, *, engine: AssemblyEngine) -> None:
         self._futures: list[Future[None]] = []
         self._progress = progress
         self._reporting = threading.Lock()
+        self._engine = engine
 
     def start(self, assembly: Assembly, fd: int, offset: int) -> None:
         regions = assembly.regions()
@@ -169,15 +224,14 @@ class Writes:
         for region in regions:
             if sizes[region.path] < region.offset + region.nbytes:
                 raise OSError(errno.EIO, f"{region.path} ended inside a tensor")
-        chunks = list(_chunks(assembly.pieces))
+        chunks = list(_chunks(assembly.pieces, self._engine.chunk))
         starts = np.cumsum([0] + [sum(n * per for _, _, n, per in chunk) for chunk in chunks]).tolist()
         tally = _Tally(assembly, len(chunks))
         source = regions[0].dtype if regions else assembly.dtype
         for i, chunk in enumerate(chunks):
-            _IN_FLIGHT.acquire()
             where = offset + starts[i] * assembly.dtype.itemsize
-            self._futures.append(_pool().submit(_write_chunk, chunk, starts[i + 1] - starts[i], source,
-                                                assembly.dtype, fd, where, tally, self.advance))
+            self._futures.append(self._engine.submit(_write_chunk, self._engine, chunk, starts[i + 1] - starts[i],
+                                                     source, assembly.dtype, fd, where, tally, self.advance))
 
     def finish(self, *, raising: bool = True) -> None:
         """Wait for every chunk (the file may close only then); raise the first error unless not ``raising``
@@ -195,20 +249,20 @@ class Writes:
                 self._progress(nbytes)
 
 
-def _write_chunk(chunk: list[tuple[_Filler, int, int, int]], size: int, source: RawDType, target: RawDType,
-                 fd: int, offset: int, tally: _Tally, written: Callable[[int], None]) -> None:
+def _write_chunk(engine: AssemblyEngine, chunk: list[tuple[_Filler, int, int, int]], size: int, source: RawDType,
+                 target: RawDType, fd: int, offset: int, tally: _Tally, written: Callable[[int], None]) -> None:
     """Compute one chunk (fill from the files, cast, count NaN/Inf in the source bits), write it, and say so."""
-    buffers = _take_buffers()
+    buffers = engine.buffers()
     try:
         casting = target != source
         bits = buffers.source(size, unsigned(source))
         at, files, filled, direct, bad = 0, _Maps(), [], [], 0
         for piece, first, count, per in chunk:
             n = count * per
-            if casting and isinstance(piece, _Whole) and n >= _DIRECT:  # cast straight from the mapped file
+            if casting and isinstance(piece, _Whole) and n >= engine.direct:  # cast straight from the mapped file
                 direct.append((at, files.elements(piece.region)[first: first + n]))
             else:
-                piece.fill(first, count, bits[at: at + n], files)
+                piece.fill(first, count, bits[at: at + n], files, engine.tile)
                 filled.append((at, at + n))
             at += n
         with buffers.writer(fd) as write:
@@ -220,8 +274,8 @@ def _write_chunk(chunk: list[tuple[_Filler, int, int, int]], size: int, source: 
                 runs = sorted(direct + [(begin, bits[begin: end]) for begin, end in _merged(filled)],
                               key=lambda run: run[0])
                 for at, values in runs:
-                    for start in range(0, values.size, _BLOCK):
-                        block = values[start: start + _BLOCK]
+                    for start in range(0, values.size, engine.block):
+                        block = values[start: start + engine.block]
                         cast = buffers.cast_area(block.size, unsigned(target))
                         bad += cast_counting(block, source, target, cast)
                         write(cast, offset + (at + start) * target.itemsize)
@@ -229,8 +283,7 @@ def _write_chunk(chunk: list[tuple[_Filler, int, int, int]], size: int, source: 
         tally.add(bad)
         written(size * target.itemsize)
     finally:
-        _FREE.put(buffers)
-        _IN_FLIGHT.release()
+        engine.release(buffers)
 
 
 class _Tally:
@@ -247,26 +300,6 @@ class _Tally:
             self._left -= 1
             if not self._left:
                 self._assembly.nonfinite.append(self._total)
-
-
-_POOL: list[ThreadPoolExecutor] = []
-
-
-def _pool() -> ThreadPoolExecutor:
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="convparity-assembly"))
-    return _POOL[0]
-
-
-def _forget_threads() -> None:
-    """In a forked child the pool's threads are gone: start afresh (buffers and permits too)."""
-    global _FREE, _IN_FLIGHT
-    _POOL.clear()
-    _FREE, _IN_FLIGHT = queue.SimpleQueue(), threading.BoundedSemaphore(_WINDOW)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_threads)
 
 
 @cache
@@ -296,8 +329,9 @@ class _Buffers:
     ``pwrite``.
     """
 
-    def __init__(self) -> None:
-        self._fd = os.memfd_create("convparity-chunk") if _memfd_usable() else None
+    def __init__(self, engine: AssemblyEngine) -> None:
+        self._chunk, self._block = engine.chunk, engine.block
+        self._fd = os.memfd_create("convparity-chunk") if engine.memfd else None
         self._memory: mmap.mmap | np.ndarray | None = None
         self._size = 0
         self._cast_at = 0  # where the cast area starts: after the largest source so far, on a page of its own
@@ -307,19 +341,19 @@ class _Buffers:
         """An array of ``size`` source elements; the cast area follows it (the memory grows only here, so
         views and ``writer`` stay valid for the whole chunk)."""
         self._cast_at = max(self._cast_at, -(-size * dtype.itemsize // _PAGE) * _PAGE)
-        need = self._cast_at + _BLOCK * 8
+        need = self._cast_at + self._block * 8
         if need > self._size:
-            self._grow(max(need, _CHUNK * 8 + _BLOCK * 8 + _PAGE))
+            self._grow(max(need, self._chunk * 8 + self._block * 8 + _PAGE))
         return self._raw()[: size * dtype.itemsize].view(dtype)
 
     def cast_area(self, size: int, dtype: np.dtype) -> np.ndarray:
-        """An array of ``size`` (at most ``_BLOCK``) output elements, after the source's."""
+        """An array of ``size`` (at most the engine's ``block``) output elements, after the source's."""
         return self._raw()[self._cast_at: self._cast_at + size * dtype.itemsize].view(dtype)
 
     def scratch(self, size: int, dtype: np.dtype) -> np.ndarray:
         """``size`` elements of working memory (the NaN/Inf test's masked bits)."""
         if self._scratch is None or self._scratch.nbytes < size * dtype.itemsize:
-            self._scratch = np.empty(max(size, _CHUNK) * dtype.itemsize, dtype=np.uint8)
+            self._scratch = np.empty(max(size, self._chunk) * dtype.itemsize, dtype=np.uint8)
         return self._scratch[: size * dtype.itemsize].view(dtype)
 
     @contextmanager
@@ -350,18 +384,6 @@ class _Buffers:
         self._size = size
 
 
-_WINDOW = 2 * _THREADS  # chunks queued or in flight at once; each holds one _Buffers while it runs
-_IN_FLIGHT = threading.BoundedSemaphore(_WINDOW)
-_FREE: queue.SimpleQueue[_Buffers] = queue.SimpleQueue()
-
-
-def _take_buffers() -> _Buffers:
-    try:
-        return _FREE.get_nowait()
-    except queue.Empty:
-        return _Buffers()
-
-
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Consecutive ``[start, end)`` ranges joined, so that short rows are cast in one call."""
     out: list[tuple[int, int]] = []
@@ -373,8 +395,9 @@ def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _chunks(pieces: tuple[Piece, ...]) -> Iterator[list[tuple[_Filler, int, int, int]]]:
-    """The output cut into chunks of about ``_CHUNK`` elements: lists of (piece, first unit, units, unit size)."""
+def _chunks(pieces: tuple[Piece, ...], size_limit: int) -> Iterator[list[tuple[_Filler, int, int, int]]]:
+    """The output cut into chunks of about ``size_limit`` elements: lists of (piece, first unit, units, unit
+    size)."""
     chunk: list[tuple[_Filler, int, int, int]] = []
     size = 0
     for piece in pieces:
@@ -384,10 +407,10 @@ def _chunks(pieces: tuple[Piece, ...]) -> Iterator[list[tuple[_Filler, int, int,
             continue
         first = 0
         while first < units:
-            if chunk and _CHUNK - size < per:  # not one more unit fits: the next chunk starts with it
+            if chunk and size_limit - size < per:  # not one more unit fits: the next chunk starts with it
                 yield chunk
                 chunk, size = [], 0
-            take = min(units - first, max(1, (_CHUNK - size) // per))
+            take = min(units - first, max(1, (size_limit - size) // per))
             chunk.append((filler, first, take, per))
             size, first = size + take * per, first + take
     if chunk:

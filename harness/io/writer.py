@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
-from harness.io.assembly import Assembly, Writes
+from harness.io.assembly import Assembly, AssemblyEngine, Writes
 from harness.io.file_regions import FileRegion, copy_region, write_all
 from harness.io.payload import Payload
 from harness.io.raw_dtypes import raw_dtype
@@ -83,20 +83,27 @@ def plan_shards(specs: Iterable[TensorSpec], max_shard_size: int) -> ShardPlan:
 def write_model_dir(output: Path, config: Mapping[str, Any], specs: list[TensorSpec],
                     payloads: Iterable[tuple[str, Payload]], max_shard_size: int,
                     progress: Callable[[int], None] | None = None,
-                    files: Mapping[str, bytes] | None = None) -> ShardPlan:
+                    files: Mapping[str, bytes] | None = None, engine: AssemblyEngine | None = None) -> ShardPlan:
     """Write ``config.json``, the planned shards and ``files`` (name -> bytes) into ``output``, which must not
     exist yet.
 
     ``payloads`` must arrive in the order of ``specs`` with matching shapes. A tensor is written from memory,
     a ``FileRegion`` is copied file to file in the kernel; either is cast (in chunks) to its spec's dtype. An
-    ``Assembly`` arrives already planned in its spec's dtype and is computed from the source files.
+    ``Assembly`` arrives already planned in its spec's dtype and is computed from the source files by ``engine``
+    (default: a fresh ``AssemblyEngine`` for this directory).
     """
     plan = plan_shards(specs, max_shard_size)
+    own = engine is None
+    engine = engine or AssemblyEngine()
     with staged_directory(output) as staging:
         stream = iter(payloads)
-        for filename, group in plan.filename_to_tensors.items():
-            with open(staging / filename, "wb", buffering=0) as f:
-                _write_shard(f.fileno(), group, stream, progress)
+        try:
+            for filename, group in plan.filename_to_tensors.items():
+                with open(staging / filename, "wb", buffering=0) as f:
+                    _write_shard(f.fileno(), group, stream, progress, engine)
+        finally:
+            if own:
+                engine.close()
         if next(stream, None) is not None:
             raise RuntimeError("the converter produced more tensors than it planned")
         if len(plan.filename_to_tensors) > 1:
@@ -109,7 +116,7 @@ def write_model_dir(output: Path, config: Mapping[str, Any], specs: list[TensorS
 
 
 def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, Payload]],
-                 progress: Callable[[int], None] | None) -> None:
+                 progress: Callable[[int], None] | None, engine: AssemblyEngine) -> None:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for spec in group:
@@ -121,7 +128,7 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
     write_all(fd, struct.pack("<Q", len(raw)) + raw, 0)
     offset = 8 + len(raw)
     stream = iter(stream)
-    writes = Writes(progress)  # assemblies computed by worker threads while this loop goes on
+    writes = Writes(progress, engine=engine)  # assemblies computed by worker threads while this loop goes on
     try:
         for spec in group:
             name, payload = next(stream)

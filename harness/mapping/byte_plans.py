@@ -1,36 +1,26 @@
 """The rules whose outputs are their inputs' bytes rearranged, stated as pieces of those bytes: what lets a
 conversion run without torch.
 
-A rename is its input whole; ``Rotary`` reorders the rows of each head (even rows, then odd); ``Split``, ``Unstack``
-and ``CutVocab`` take row blocks; ``Transpose`` and a transposing ``Unstack`` take a matrix's transpose; the rank
-rules join model-parallel slices (along the first dimension a concatenation, along a later one rows side by side)
-or take rank 0's copy. Each plan gives, per output, its shape and its pieces in order, positions counted in
-elements of the rule's inputs as if each were contiguous. Rules that compute values (dequantisation, a unit
-offset) or regroup a transposed matrix have no plan: their conversions take the torch path.
+A rule that moves rows (``Rule.moves_rows``: a rename, the rotary permutation, the qkv split and grouping, expert
+blocks, the vocabulary cut, rank joins along rows, rank 0's copy) is planned by running its own forward on an array
+of row numbers: each output row is the input row it names, and consecutive rows become one run. The other layouts
+are a swap of a matrix's axes (``Transpose``, a transposing ``Unstack``) and a join of rank slices along a later
+axis (each output row is that row of every slice in turn). Each plan gives, per output, its shape and its pieces in
+order, positions counted in elements of the rule's inputs as if each were contiguous. Rules that compute values
+(dequantisation, a unit offset) have no plan: their conversions take the torch path.
 ``tests/test_raw_conversion.py`` holds every plan to its rule's torch forward, bit for bit, on every family's tiny
-cases.
+cases and on drawn shapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from math import prod
 from typing import NamedTuple
 
-from harness.mapping.rules import (
-    CutVocab,
-    Dims,
-    MergeRanks,
-    MergeRotary,
-    Rename,
-    RenameAt,
-    Replicated,
-    Rotary,
-    Rule,
-    Split,
-    Transpose,
-    Unstack,
-)
+import numpy as np
+
+from harness.mapping.rules import Dims, MergeRanks, Rule, Transpose, Unstack
 
 __all__ = ["InterleavedRun", "PlannedPiece", "Run", "TransposedRun", "byte_plan"]
 
@@ -61,7 +51,7 @@ class InterleavedRun(NamedTuple):
     rows: int
 
 
-PlannedPiece = Run | TransposedRun | InterleavedRun  # in elements of the inputs; placed as harness.io.assembly.Piece
+PlannedPiece = Run | TransposedRun | InterleavedRun  # in input elements; placed as harness.io.assembly.Piece
 Shape = tuple[int, ...]
 Output = tuple[Shape, list[PlannedPiece]]
 
@@ -70,89 +60,58 @@ def byte_plan(rule: Rule, shapes: Sequence[Shape], dims: Dims) -> list[Output] |
     """Each output of ``rule`` on inputs of ``shapes`` as pieces of their elements; None when the rule computes or
     the shapes are ones its forward refuses (the torch path then raises the error).
 
+    >>> from harness.mapping.rules import Rotary
     >>> [pieces for _, pieces in byte_plan(Rotary("a", "b", heads="h"), [(4, 1)], {"h": 1, "head_dim": 4})]
     [[Run(input=0, first=0, count=1), Run(input=0, first=2, count=1), Run(input=0, first=1, count=1), \
 Run(input=0, first=3, count=1)]]
     """
-    plan = _PLANS.get(type(rule))
-    return plan(rule, list(shapes), dims) if plan is not None else None
-
-
-def _whole(rule: Rule, shapes: list[Shape], dims: Dims) -> list[Output] | None:
-    return [(shapes[0], [Run(0, 0, prod(shapes[0]))])]
-
-
-def _rotary(rule: Rotary | MergeRotary, shapes: list[Shape], dims: Dims) -> list[Output] | None:
-    # Merging q/k slices along their rows lays the stacked [ranks, rows, cols] out as the merged [rows, cols].
-    shape = (shapes[0][0] * shapes[0][1], *shapes[0][2:]) if isinstance(rule, MergeRotary) and len(shapes[0]) > 1 \
-        else shapes[0]
-    heads, head_dim = dims[rule.heads], dims[rule.head_dim]
-    if isinstance(rule, MergeRotary) and len(shapes[0]) < 2 or not shape or shape[0] != heads * head_dim \
-            or head_dim % 2:
+    shapes = list(shapes)
+    if len(shapes) != 1:
         return None
-    row = prod(shape[1:])
-    # permute_rotary: within each head, rows 0, 2, 4, ... then 1, 3, 5, ...
-    order = [h * head_dim + 2 * i + odd for h in range(heads) for odd in (0, 1) for i in range(head_dim // 2)]
-    return [(shape, [Run(0, r * row, row) for r in order])]
+    if rule.moves_rows:
+        return _moved_rows(rule, shapes[0], dims)
+    if isinstance(rule, Transpose | Unstack):
+        return _swapped(rule, shapes[0], dims)
+    if isinstance(rule, MergeRanks):
+        return _joined(rule, shapes[0])
+    return None
 
 
-def _rows(shape: Shape, blocks: list[tuple[int, int]]) -> list[Output]:
-    """Row blocks ``(first row, row count)`` of one input."""
-    row = prod(shape[1:])
-    return [((n, *shape[1:]), [Run(0, first * row, n * row)]) for first, n in blocks]
-
-
-def _split(rule: Split, shapes: list[Shape], dims: Dims) -> list[Output] | None:
-    q, kv = dims[rule.heads] * dims[rule.head_dim], dims[rule.kv_heads] * dims[rule.head_dim]
-    if not shapes[0] or shapes[0][0] != q + 2 * kv:
+def _moved_rows(rule: Rule, shape: Shape, dims: Dims) -> list[Output] | None:
+    """The rule's forward on the input's row numbers: where each output row comes from."""
+    rows, row = shape[: rule.row_dims], prod(shape[rule.row_dims:])
+    try:
+        numbers = rule.forward([np.arange(prod(rows)).reshape(rows)], dims)
+    except (ValueError, IndexError, KeyError, ZeroDivisionError):
         return None
-    return _rows(shapes[0], [(0, q), (q, kv), (q + kv, kv)])
+    return [((*n.shape, *shape[rule.row_dims:]), _runs(n.reshape(-1), row)) for n in numbers]
 
 
-def _unstack(rule: Unstack, shapes: list[Shape], dims: Dims) -> list[Output] | None:
-    count, shape = dims[rule.count], shapes[0]
-    if not shape or count < 1 or shape[0] % count:
+def _runs(numbers: np.ndarray, row: int) -> list[PlannedPiece]:
+    """Consecutive row numbers as one run each (computed on whole arrays: a rotary plan has a run per row)."""
+    if not numbers.size:
+        return [Run(0, 0, 0)]
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(numbers) != 1) + 1))
+    lengths = np.diff(np.append(starts, numbers.size))
+    return [Run(0, first * row, n * row) for first, n in zip(numbers[starts].tolist(), lengths.tolist(), strict=True)]
+
+
+def _swapped(rule: Transpose | Unstack, shape: Shape, dims: Dims) -> list[Output] | None:
+    """Each output the transpose of a row block of a matrix: the whole of it, or one expert's block."""
+    count = dims[rule.count] if isinstance(rule, Unstack) else 1
+    if len(shape) != 2 or count < 1 or shape[0] % count:
         return None
-    size = shape[0] // count
-    if not rule.transpose_blocks:
-        return _rows(shape, [(e * size, size) for e in range(count)])
-    if len(shape) != 2:
-        return None
-    return [((shape[1], size), [TransposedRun(0, e * size * shape[1], size, shape[1])]) for e in range(count)]
+    size, cols = shape[0] // count, shape[1]
+    return [((cols, size), [TransposedRun(0, e * size * cols, size, cols)]) for e in range(count)]
 
 
-def _transpose(rule: Transpose, shapes: list[Shape], dims: Dims) -> list[Output] | None:
-    if len(shapes[0]) != 2:
-        return None
-    rows, cols = shapes[0]
-    return [((cols, rows), [TransposedRun(0, 0, rows, cols)])]
-
-
-def _cut_vocab(rule: CutVocab, shapes: list[Shape], dims: Dims) -> list[Output] | None:
-    rows = dims[rule.rows]
-    return _rows(shapes[0], [(0, rows)]) if shapes[0] and shapes[0][0] >= rows else None
-
-
-def _merge(rule: MergeRanks, shapes: list[Shape], dims: Dims) -> list[Output] | None:
+def _joined(rule: MergeRanks, shape: Shape) -> list[Output] | None:
     """Slices stacked by rank, [ranks, *slice], joined along ``rule.dim`` of a slice."""
-    ranks, *piece = shapes[0] or (0,)
+    ranks, *piece = shape or (0,)
     if not piece or not 0 <= rule.dim < len(piece):
         return None
-    shape = (*piece[:rule.dim], ranks * piece[rule.dim], *piece[rule.dim + 1:])
+    merged = (*piece[:rule.dim], ranks * piece[rule.dim], *piece[rule.dim + 1:])
     rows = prod(piece[:rule.dim])
     if rows == 1 or ranks == 1:  # a concatenation: the stacked bytes are already the merged ones
-        return [(shape, [Run(0, 0, prod(shapes[0]))])]
-    return [(shape, [InterleavedRun(0, ranks, rows)])]
-
-
-def _replicated(rule: Replicated, shapes: list[Shape], dims: Dims) -> list[Output] | None:
-    """Rank 0's copy (the family's reader checks that every rank's copy is the same)."""
-    if not shapes[0]:
-        return None
-    return [(shapes[0][1:], [Run(0, 0, prod(shapes[0][1:]))])]
-
-
-_PLANS: dict[type[Rule], Callable[..., list[Output] | None]] = {
-    Rename: _whole, RenameAt: _whole, Rotary: _rotary, MergeRotary: _rotary, Split: _split, Unstack: _unstack,
-    Transpose: _transpose, CutVocab: _cut_vocab, MergeRanks: _merge, Replicated: _replicated,
-}
+        return [(merged, [Run(0, 0, prod(shape))])]
+    return [(merged, [InterleavedRun(0, ranks, rows)])]

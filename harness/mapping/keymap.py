@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
-from harness.mapping.rules import Dequantize, DequantizeSplit, Dims, Drop, Rule, RuleLike, Tie
+from harness.mapping.rules import Dims, Drop, Rule, RuleLike, Tie
 
 if TYPE_CHECKING:
     import torch
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["FLOATING", "LAYER", "KeyMap", "Layouts", "LedgerError", "Step", "check_dtypes"]
 
 FLOATING = ("float32", "bfloat16", "float16", "float64")  # the weight dtypes a conversion reads (torch's names)
-# Sources that are legitimately not floating point, by rule kind and position: gemma_pytorch quant=True weights.
-_INTEGER_SOURCES: dict[type[Rule], dict[int, tuple[str, ...]]] = {
-    Dequantize: {0: ("int8",)}, DequantizeSplit: {0: ("int8",)},
-}
-
 Range = str | Callable[[Dims], Iterable[int]]
 LAYER = "layer"  # the placeholder that numbers the blocks: steps are ordered block by block
 
@@ -211,7 +206,7 @@ def check_dtypes(steps: Iterable[Step], meta: Callable[[str], tuple[tuple[int, .
     for step in steps:
         hint = hint or step.hint
         for i, key in enumerate(step.sources):
-            expected = _INTEGER_SOURCES.get(type(step.rule), {}).get(i, FLOATING)
+            expected = step.rule.source_dtypes.get(i, FLOATING)
             dtype = str(meta(key)[1]).removeprefix("torch.")
             if dtype not in expected:
                 where = f" ({origins[key]})" if origins and key in origins else ""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConversionError
+from harness.io.assembly import AssemblyEngine
 from harness.io.finite import refuse_nonfinite
 from harness.io.raw_dtypes import BY_NAME, CAST_DTYPES
 from harness.io.tensor_store import TensorSpec
@@ -26,11 +27,12 @@ DEFAULT_SHARD_SIZE = 5 * 10**9
 
 def write_converted(converted: Converted, output: Path, *, dtype: str | None = None,
                     max_shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = False,
-                    allow_nonfinite: bool = False) -> ShardPlan:
+                    allow_nonfinite: bool = False, engine: AssemblyEngine | None = None) -> ShardPlan:
     """Cast floating tensors to ``dtype`` (default: as stored) and write config and shards atomically.
 
     NaN/Inf weights are refused (ConversionError, nothing written) unless ``allow_nonfinite``; then they are
-    written as they are and named in ``converted.notes``.
+    written as they are and named in ``converted.notes``. ``engine`` computes the byte path's assemblies (default:
+    ``harness.io.assembly.AssemblyEngine()``'s sizes).
     """
     if dtype is not None and dtype not in CAST_DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; choose one of {', '.join(CAST_DTYPES)}")
@@ -48,7 +50,8 @@ def write_converted(converted: Converted, output: Path, *, dtype: str | None = N
     files = converted.files() if converted.files is not None else {}  # a bad one fails before any tensor is read
     try:
         with byte_progress(total, enabled=progress) as advance:
-            return write_model_dir(output, config, specs, stream, max_shard_size, advance, files=files)
+            return write_model_dir(output, config, specs, stream, max_shard_size, advance, files=files,
+                                   engine=engine)
     except OSError as err:  # the machine's, not the checkpoint's: a full disk, a read-only or vanished folder
         where = f" ({err.filename})" if err.filename else ""
         raise ConversionError(f"I/O error while converting into {output}: {err.strerror or err}{where}") from None

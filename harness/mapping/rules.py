@@ -6,6 +6,12 @@ sets fails when it is constructed, quoting both.
 
 Rule arguments that are sizes (``heads="n_heads"``) name entries of the family's ``dims``, computed from the
 source config, so a table holds no numbers that fit only one model size.
+
+What the rest of the harness needs to know about a rule kind is stated on its class, once: ``source_dtypes`` (the
+inputs that are not floating point: a dequantisation's int8 weight), ``inverse_exact`` (whether ``inverse`` gives
+back every source bit), and ``moves_rows``: a rule whose forward only selects and reorders input rows, through
+``transforms`` that numpy arrays run too, gets its torch-free byte plan from that same forward run on row numbers
+(``harness.mapping.byte_plans``); no rule states its permutation twice.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from harness.mapping import transforms
 
@@ -56,6 +62,18 @@ class Rule:
     sources: tuple[Pattern, ...]
     targets: tuple[Pattern, ...]
     extra: str | None = None  # a placeholder that only the targets carry (one source -> many targets)
+    source_dtypes: ClassVar[Mapping[int, tuple[str, ...]]] = {}  # input index -> the non-float dtypes it takes
+    inverse_exact: ClassVar[bool] = True  # inverse(forward(x)) gives back every bit of x
+    row_dims: ClassVar[int] = 1  # leading axes of each input that number its rows (2: stacked by rank, then rows)
+    # Only moves data (rows, columns, names): rounding each source element commutes with it, so a cast of the
+    # output is the same cast of the source (harness.parity.rounding). A rule that computes says False and
+    # implements ``express``.
+    moves_data: ClassVar[bool] = True
+
+    @property
+    def moves_rows(self) -> bool:
+        """Whether the forward only selects and reorders rows of its one input (then it runs on row numbers)."""
+        return False
 
     def __init__(self, sources: Sequence[str], targets: Sequence[str]) -> None:
         self.sources = tuple(Pattern(s) for s in sources)
@@ -74,10 +92,20 @@ class Rule:
         raise NotImplementedError
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """Derived for a rule that rearranges the rows of one input into one output, each row kept once: its
+        forward on row numbers says where each row goes back (``transforms.invert_rows``)."""
+        if self.moves_rows and self.inverse_exact and self.row_dims == 1 and len(self.sources) == len(self.targets) \
+                == 1:
+            return [transforms.invert_rows(lambda rows: self.forward([rows], dims)[0], tensors[0])]
+        raise NotImplementedError(f"{type(self).__name__} states no inverse")
 
     def target_keys(self, binding: Mapping[str, int], dims: Dims) -> list[str]:
         return [t.format(binding) for t in self.targets]
+
+    def express(self, outputs: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        """Source tensors that this rule's ``forward`` turns into exactly ``outputs`` (values it did not produce,
+        such as outputs rounded to a narrower dtype): for rules that compute, where ``inverse`` is lossy."""
+        raise NotImplementedError(f"{type(self).__name__} moves data: round its sources instead")
 
     def __repr__(self) -> str:
         src = ", ".join(p.text for p in self.sources)
@@ -87,6 +115,8 @@ class Rule:
 
 class Rename(Rule):
     """The tensor is copied unchanged under a new name."""
+
+    moves_rows = True  # type: ignore[assignment] - every row where it was
 
     def __init__(self, source: str, target: str) -> None:
         super().__init__([source], [target])
@@ -112,6 +142,8 @@ class Transpose(Rule):
 class Rotary(Rule):
     """q/k projection rows from interleaved-pair rotary to rotate-half, per head of ``head_dim`` rows."""
 
+    moves_rows = True  # type: ignore[assignment]
+
     def __init__(self, source: str, target: str, *, heads: str, head_dim: str = "head_dim") -> None:
         super().__init__([source], [target])
         self.heads, self.head_dim = heads, head_dim
@@ -119,12 +151,12 @@ class Rotary(Rule):
     def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return [transforms.permute_rotary(tensors[0], dims[self.heads], dims[self.head_dim])]
 
-    def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
-        return [transforms.unpermute_rotary(tensors[0], dims[self.heads], dims[self.head_dim])]
 
 
 class Split(Rule):
     """A fused [q | k | v] tensor split by rows into three (GQA-aware: q rows = heads·hd, k = v = kv·hd)."""
+
+    moves_rows = True  # type: ignore[assignment]
 
     def __init__(self, source: str, targets: Sequence[str], *, heads: str = "n_heads",
                  kv_heads: str = "n_kv_heads", head_dim: str = "head_dim") -> None:
@@ -150,6 +182,10 @@ class Unstack(Rule):
     def target_keys(self, binding: Mapping[str, int], dims: Dims) -> list[str]:
         return [self.targets[0].format({**binding, self.extra: e}) for e in range(dims[self.count])]
 
+    @property
+    def moves_rows(self) -> bool:
+        return not self.transpose_blocks
+
     def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return transforms.unstack_experts(tensors[0], dims[self.count], self.transpose_blocks)
 
@@ -165,6 +201,10 @@ class GroupQKV(Rule):
         super().__init__([source], [target])
         self.heads, self.head_dim, self.transpose = heads, head_dim, transpose
 
+    @property
+    def moves_rows(self) -> bool:
+        return not self.transpose
+
     def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         w = transforms.group_qkv_by_kind(tensors[0], dims[self.heads], dims[self.head_dim])
         return [transforms.transpose(w) if self.transpose else w]
@@ -176,6 +216,9 @@ class GroupQKV(Rule):
 
 class CutVocab(Rule):
     """Padded embedding rows cut to the real vocabulary (``rows`` names the dims entry holding its size)."""
+
+    moves_rows = True  # type: ignore[assignment]
+    inverse_exact = False  # the padding rows come back as zeros
 
     def __init__(self, source: str, target: str, *, rows: str = "vocab_size", padded: str = "padded_vocab_size"
                  ) -> None:
@@ -192,6 +235,10 @@ class CutVocab(Rule):
 class Dequantize(Rule):
     """int8 ``weight`` + float ``weight_scaler`` -> one float weight; the inverse re-quantises per row."""
 
+    source_dtypes = {0: ("int8",)}  # gemma_pytorch quant=True weights
+    inverse_exact = False  # exact only for the values a quantisation produced
+    moves_data = False
+
     def __init__(self, weight: str, scaler: str, target: str) -> None:
         super().__init__([weight, scaler], [target])
 
@@ -200,6 +247,9 @@ class Dequantize(Rule):
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return transforms.quantize(tensors[0])
+
+    def express(self, outputs: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return _unit_scaled(outputs[0])
 
 
 @dataclass(frozen=True)
@@ -237,6 +287,10 @@ class DequantizeSplit(Rule):
     and re-quantises per row.
     """
 
+    source_dtypes = {0: ("int8",)}
+    inverse_exact = False
+    moves_data = False
+
     def __init__(self, weight: str, scaler: str, targets: Sequence[str], *, heads: str = "n_heads",
                  kv_heads: str = "n_kv_heads", head_dim: str = "head_dim") -> None:
         super().__init__([weight, scaler], targets)
@@ -248,6 +302,16 @@ class DequantizeSplit(Rule):
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return transforms.quantize(transforms.merge_qkv(*tensors))
+
+    def express(self, outputs: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return _unit_scaled(transforms.merge_qkv(*outputs))
+
+
+def _unit_scaled(weight: torch.Tensor) -> list[torch.Tensor]:
+    """A float weight with a per-row scale of one: ``dequantize`` gives back exactly ``weight``."""
+    import torch
+
+    return [weight, torch.ones(weight.shape[0], dtype=torch.float32)]
 
 
 class RenameAt(Rename):
@@ -277,9 +341,15 @@ class MergeRanks(Rule):
     config does not state is a property of the files, not of the model (a family's ``write`` reshards).
     """
 
+    row_dims = 2  # type: ignore[assignment] - [ranks, rows, ...]
+
     def __init__(self, source: str, target: str, *, dim: int, ranks: str | None = None) -> None:
         super().__init__([source], [target])
         self.dim, self.ranks = dim, ranks
+
+    @property
+    def moves_rows(self) -> bool:
+        return self.dim == 0  # a join along a later axis interleaves rows (byte_plans joins those)
 
     def forward(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return [transforms.concat_ranks(tensors[0], self.dim)]
@@ -307,7 +377,8 @@ class MergeRotary(MergeRanks):
         return [transforms.permute_rotary(merged, dims[self.heads], dims[self.head_dim])]
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
-        w = transforms.unpermute_rotary(tensors[0], dims[self.heads], dims[self.head_dim])
+        w = transforms.invert_rows(lambda rows: transforms.permute_rotary(rows, dims[self.heads], dims[self.head_dim]),
+                                   tensors[0])
         return super().inverse([w], dims)
 
     def __repr__(self) -> str:
@@ -317,6 +388,9 @@ class MergeRotary(MergeRanks):
 class Replicated(Rule):
     """A tensor that every rank file holds whole (a norm weight), stacked by rank -> rank 0's copy. The family's
     reader checks that the copies agree; the inverse replicates it (``ranks`` as in :class:`MergeRanks`)."""
+
+    moves_rows = True  # type: ignore[assignment] - rank 0's rows
+    row_dims = 2  # type: ignore[assignment]
 
     def __init__(self, source: str, target: str, *, ranks: str | None = None) -> None:
         super().__init__([source], [target])

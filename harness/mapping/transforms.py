@@ -3,19 +3,25 @@
 Arguments are tensors and explicit integers, never config objects, so the same function serves every family
 and size. Every pair is property-tested: ``inverse(forward(x))`` is bit-exact and element counts are kept.
 All functions also run on the meta device, which is how output shapes are planned before any data is read.
+
+The rearrangements of rows (the rotary permutation, the qkv split and grouping, expert blocks, the vocabulary cut,
+rank joins along rows) use only ``reshape``, ``swapaxes`` and slicing, which numpy arrays share with tensors: run on
+an array of row numbers, the same function says where each output row comes from. That is the byte path's plan
+(``harness.mapping.byte_plans``): the permutation is written once, here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported by the functions that call it: the rule tables load without it
     import torch
 
 __all__ = [
     "add_unit_offset", "cut_vocab", "dequantize", "group_qkv_by_head", "group_qkv_by_kind", "merge_qkv",
-    "pad_vocab", "permute_rotary", "quantize", "remove_unit_offset", "split_qkv", "stack_experts", "transpose",
-    "unpermute_rotary", "unstack_experts",
+    "invert_rows", "pad_vocab", "permute_rotary", "quantize", "remove_unit_offset", "split_qkv", "stack_experts",
+    "transpose", "unstack_experts",
 ]
 
 
@@ -27,14 +33,25 @@ def permute_rotary(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor
     """
     rest = w.shape[1:]
     # (n_heads, head_dim/2, 2, *rest) -> (n_heads, 2, head_dim/2, *rest)
-    return w.reshape(n_heads, head_dim // 2, 2, *rest).transpose(1, 2).reshape(n_heads * head_dim, *rest)
+    return w.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(n_heads * head_dim, *rest)
 
 
-def unpermute_rotary(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
-    """Inverse of :func:`permute_rotary`."""
-    rest = w.shape[1:]
-    # (n_heads, 2, head_dim/2, *rest) -> (n_heads, head_dim/2, 2, *rest)
-    return w.reshape(n_heads, 2, head_dim // 2, *rest).transpose(1, 2).reshape(n_heads * head_dim, *rest)
+def invert_rows(forward: Callable[[Any], Any], w: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``forward``, a rearrangement that keeps every row of its input once: run on row numbers, it
+    says where each output row came from, and each row of ``w`` goes back there. A data-movement rule's inverse
+    is thus derived from its one layout, never written a second time.
+
+    >>> import torch
+    >>> invert_rows(lambda rows: permute_rotary(rows, 1, 4), torch.tensor([0, 2, 1, 3])).tolist()
+    [0, 1, 2, 3]
+    """
+    import numpy as np
+    import torch
+
+    came_from = np.asarray(forward(np.arange(w.shape[0]))).reshape(-1)
+    if not np.array_equal(np.sort(came_from), np.arange(w.shape[0])):
+        raise ValueError(f"not a rearrangement of {w.shape[0]} rows: no inverse by rows")
+    return w.index_select(0, torch.as_tensor(np.argsort(came_from), device=w.device))
 
 
 def split_qkv(w: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int) -> list[torch.Tensor]:
@@ -42,7 +59,7 @@ def split_qkv(w: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int) -> 
     q_rows, kv_rows = n_heads * head_dim, n_kv_heads * head_dim
     if w.shape[0] != q_rows + 2 * kv_rows:
         raise ValueError(f"fused qkv has {w.shape[0]} rows, expected {q_rows} + 2 x {kv_rows}")
-    return list(w.split([q_rows, kv_rows, kv_rows], dim=0))
+    return [w[:q_rows], w[q_rows: q_rows + kv_rows], w[q_rows + kv_rows:]]
 
 
 def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -56,14 +73,14 @@ def group_qkv_by_kind(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Ten
     """Per-head fused rows [head, (q, k, v), head_dim] (Megatron) -> [q of all heads | k | v] (GPT-2)."""
     rest = w.shape[1:]
     # (n_heads, 3, head_dim, *rest) -> (3, n_heads, head_dim, *rest)
-    return w.reshape(n_heads, 3, head_dim, *rest).transpose(0, 1).reshape(3 * n_heads * head_dim, *rest)
+    return w.reshape(n_heads, 3, head_dim, *rest).swapaxes(0, 1).reshape(3 * n_heads * head_dim, *rest)
 
 
 def group_qkv_by_head(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
     """Inverse of :func:`group_qkv_by_kind`."""
     rest = w.shape[1:]
     # (3, n_heads, head_dim, *rest) -> (n_heads, 3, head_dim, *rest)
-    return w.reshape(3, n_heads, head_dim, *rest).transpose(0, 1).reshape(3 * n_heads * head_dim, *rest)
+    return w.reshape(3, n_heads, head_dim, *rest).swapaxes(0, 1).reshape(3 * n_heads * head_dim, *rest)
 
 
 def transpose(w: torch.Tensor) -> torch.Tensor:
@@ -73,8 +90,11 @@ def transpose(w: torch.Tensor) -> torch.Tensor:
 
 def unstack_experts(w: torch.Tensor, n_experts: int, transpose_blocks: bool = False) -> list[torch.Tensor]:
     """Cut a row-stacked expert tensor [E·rows, cols] into E blocks, each optionally transposed."""
-    blocks = w.chunk(n_experts, dim=0)
-    return [b.t() for b in blocks] if transpose_blocks else list(blocks)
+    if n_experts < 1 or w.shape[0] % n_experts:
+        raise ValueError(f"{w.shape[0]} rows do not split into {n_experts} equal expert blocks")
+    size = w.shape[0] // n_experts
+    blocks = [w[e * size: (e + 1) * size] for e in range(n_experts)]
+    return [b.t() for b in blocks] if transpose_blocks else blocks
 
 
 def stack_experts(blocks: list[torch.Tensor], transpose_blocks: bool = False) -> torch.Tensor:
@@ -138,6 +158,8 @@ def concat_ranks(w: torch.Tensor, dim: int) -> torch.Tensor:
     [[0, 1, 2, 3]]
     """
     ranks, *shape = w.shape
+    if dim == 0:  # the stacked rows are the merged rows: a reshape (row numbers take this path too)
+        return w.reshape(ranks * shape[0], *shape[1:])
     # (ranks, *shape) -> (*shape[:dim], ranks, shape[dim], *shape[dim+1:]) -> (..., ranks * shape[dim], ...)
     return w.movedim(0, dim).reshape(*shape[:dim], ranks * shape[dim], *shape[dim + 1:])
 

@@ -37,6 +37,7 @@ from harness.io.writer import write_model_dir
 from harness.mapping.conversion import SourceCheckpoint
 from harness.mutation.catalogue import GENERIC
 from harness.mutation.planting import Mutable, Mutant, about
+from harness.mutation.structural import point_table, structural
 from harness.parity.html_report import mutate_page, write_html
 from harness.parity.metrics import TORCH_DTYPES
 from harness.parity.parity import ReferenceMemo, load_converted, make_tokens, run_parity
@@ -148,9 +149,10 @@ def evaluate(family: Family, run: CaseRun, m: Mutable, reference: SourceCheckpoi
                   per_layer=result.per_layer)
 
 
-def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: bool = True, quiet: bool = True
-               ) -> tuple[list[Record], list[Record]]:
-    """(mutant records, clean-control records) for one family, one record per mutant x dtype.
+def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: bool = True, quiet: bool = True,
+               mutants: list[Mutant] | None = None) -> tuple[list[Record], list[Record]]:
+    """(mutant records, clean-control records) for one family, one record per mutant x dtype (of ``mutants``;
+    default: ``mutants_for(family)``).
 
     ``exhaustive`` tries every case the mutant changes and keeps the kill with the largest margin (how close the
     harness came to missing the bug); otherwise cases are tried in order until one kills.
@@ -164,7 +166,7 @@ def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: boo
             rec.family, rec.mutant, rec.applicable = family.name, "(clean)", False
             controls.append(rec)
     records = []
-    for mutant in bar(mutants_for(family), f"mutate {family.name}", quiet):
+    for mutant in bar(mutants_for(family) if mutants is None else mutants, f"mutate {family.name}", quiet):
         planted = [(run, plant(mutant, run.clean)) for run in runs]
         live = [(run, m) for run, m in planted if not m.same_as(run.clean)]
         for dtype in dtypes:
@@ -182,20 +184,26 @@ def run_family(family: Family, dtypes: list[str], workdir: Path, exhaustive: boo
 
 
 def run_mutate(families: list[Family], dtypes: list[str], json_path: Path | None, html: Path | None = None,
-               quiet: bool = False) -> int:
-    """``convparity mutate``: the kill table and rates on the terminal, records as JSON; 1 if any survives."""
+               quiet: bool = False, structural_only: bool = False) -> int:
+    """``convparity mutate``: the kill table and rates on the terminal, records as JSON; 1 if any survives.
+
+    ``structural_only``: the catalogue derived from each family's key table and points
+    (``harness.mutation.structural``) instead of the name-based one, with the kills per point."""
     start = time.perf_counter()
     records: list[Record] = []
     controls: list[Record] = []
     print(_row("family", "mutant", dtypes))
     with _workdir() as workdir:
         for fam in families:
-            recs, ctrl = run_family(fam, dtypes, workdir, quiet=quiet)
+            recs, ctrl = run_family(fam, dtypes, workdir, quiet=quiet,
+                                    mutants=structural(fam) if structural_only else None)
             records += recs
             controls += ctrl
             for name in dict.fromkeys(r.mutant for r in recs):
                 cells = [_cell(r) for d in dtypes for r in recs if r.mutant == name and r.dtype == d]
                 print(_row(fam.name, name, cells), flush=True)
+            if structural_only:
+                print("\n".join(point_table(fam, recs)), flush=True)
     print()
     for line in summary(records, controls):
         print(line)

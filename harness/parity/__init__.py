@@ -4,5 +4,5 @@
 ``from_pretrained``, run both sides), ``check`` (round trips of the tiny cases), ``snapshot`` (golden hashes),
 ``verify`` and ``streamed_model`` (real checkpoints, one block in memory at a time), ``report``,
 ``html_report`` and ``card`` (what a run leaves behind). A family author uses none of it directly: the tests,
-the CLI and the pytest plugin apply it to every family. Imports ``mapping`` and ``io`` below it.
+the CLI and the pytest plugin apply it to every family. Imports ``family``, ``mapping`` and ``io`` below it.
 """
