@@ -100,3 +100,22 @@ def llama(draw: Callable) -> Case:
 
 
 STRATEGIES["llama"] = llama()
+
+
+@st.composite
+def mistral(draw: Callable) -> Case:
+    heads, kv = draw(_heads())
+    n_layers = draw(st.sampled_from([1, 2, 4]))
+    window = draw(st.sampled_from([None, 1, 3, 9, "pattern"]))  # a list repeats over the layers, null = full
+    if window == "pattern":
+        window = draw(st.lists(st.sampled_from([None, 5]), min_size=1, max_size=n_layers).filter(
+            lambda w: n_layers % len(w) == 0))
+    config = dict(dim=draw(st.sampled_from([16, 32, 48])), n_layers=n_layers,
+                  head_dim=draw(st.sampled_from([4, 8, 16])), hidden_dim=draw(st.sampled_from([24, 40])),
+                  n_heads=heads, n_kv_heads=kv, norm_eps=draw(EPS),
+                  vocab_size=draw(st.integers(40, 160)), rope_theta=draw(st.sampled_from([None, 1e4, 1e6, 1e8])),
+                  **{draw(st.sampled_from(["sliding_window", "_sliding_window"])): window})
+    return Case("sweep", config, container=draw(st.sampled_from(["pth", "safetensors", "sharded"])))
+
+
+STRATEGIES["mistral"] = mistral()

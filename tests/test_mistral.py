@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from harness.cli import main
 from harness.errors import ConversionError
+from harness.family.cases import Case
 from harness.mapping.conversion import SourceCheckpoint
 from harness.parity.parity import load_converted, make_tokens, run_parity
 from harness.pipeline import convert_checkpoint
 from harness.registry import family
+from tests.family_strategies import STRATEGIES
 
 MISTRAL = family("mistral")
 
@@ -89,33 +90,17 @@ def test_fp8_scales_are_refused_and_untied_embeddings_accepted() -> None:
     assert _hf_config(tied_embeddings=False)["tie_word_embeddings"] is False
 
 
-@st.composite
-def configs(draw: st.DrawFn) -> dict:
-    kv = draw(st.sampled_from([1, 2, 4]))
-    n_layers = draw(st.sampled_from([1, 2, 4]))
-    window = draw(st.sampled_from([None, 1, 3, 9, "pattern"]))
-    if window == "pattern":
-        window = draw(st.lists(st.sampled_from([None, 5]), min_size=1, max_size=n_layers).filter(
-            lambda w: n_layers % len(w) == 0))
-    return dict(dim=draw(st.sampled_from([16, 32, 48])), n_heads=kv * draw(st.sampled_from([1, 2, 4])),
-                n_kv_heads=kv, head_dim=draw(st.sampled_from([4, 8, 16])), hidden_dim=draw(st.sampled_from([24, 40])),
-                n_layers=n_layers, vocab_size=draw(st.sampled_from([61, 128])),
-                rope_theta=draw(st.sampled_from([None, 1e4, 1e6, 1e8])),
-                **{draw(st.sampled_from(["sliding_window", "_sliding_window"])): window})
-
-
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(config=configs(), container=st.sampled_from(["pth", "safetensors", "sharded"]))
-def test_parity_over_configs_and_containers(tmp_path_factory: pytest.TempPathFactory, config: dict,
-                                            container: str) -> None:
+@given(case=STRATEGIES["mistral"])
+def test_parity_over_configs_and_containers(tmp_path_factory: pytest.TempPathFactory, case: Case) -> None:
     tmp = tmp_path_factory.mktemp("sweep")
-    MISTRAL.write(MISTRAL.tiny(1, **config), tmp / "src", container=container)
+    MISTRAL.write(MISTRAL.tiny(1, **case.config), tmp / "src", container=case.container)
     convert_checkpoint(MISTRAL, tmp / "src", tmp / "hf")
     source = MISTRAL.read(tmp / "src")
-    tokens = make_tokens(config["vocab_size"], batch=2, seq=20, seed=1)
+    tokens = make_tokens(case.config["vocab_size"], batch=2, seq=20, seed=1)
     result = run_parity(MISTRAL, "sweep", source, load_converted(tmp / "hf", "cpu", "float32"), "cpu", "float32",
                         tokens)
-    assert result.passed, (config, result.violations)
+    assert result.passed, (case.config, result.violations)
 
 
 def _cli_error(capsys: pytest.CaptureFixture, *args: str) -> str:
