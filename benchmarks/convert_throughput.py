@@ -9,7 +9,8 @@ Paths: ``experts`` (Mixtral, 8 ``consolidated.NN.pt``, per-expert keys: every by
 ``fused`` (the Hub's fused layout: w2's row blocks transposed), ``safetensors`` (one
 ``consolidated.safetensors``), ``cast`` (``experts`` converted with ``--dtype float16``), ``gemma`` (one
 ``model.ckpt`` pickle with its complex ``freqs_cis``, fused qkv split by rows), ``llama-mp8`` (8 model-parallel
-rank files merged) and ``rwkv`` (one bf16 ``.pth``, every tensor renamed). Each measurement is the best of
+rank files merged), ``rwkv`` (one bf16 ``.pth``, every tensor renamed) and ``mistral`` (a Mistral-7B-v0.3-shaped
+dense model in 3 ``consolidated-NNNNN-of-00003.safetensors`` shards: renames and q/k rotary rows). Each measurement is the best of
 ``--runs`` runs, alternating ``cp -r``, ``cat`` into one file, and ``convparity convert`` of each ``--repo``
 (several checkouts: a before/after table from one run), each followed by ``sync`` (warm page cache for all).
 ``convparity convert`` runs in a child process whose memory is sampled every 20 ms: peak RSS includes
@@ -40,7 +41,7 @@ import torch
 from memory_sampler import sample_memory
 
 ROOT = Path(__file__).resolve().parent.parent
-PATHS = ("experts", "fused", "safetensors", "cast", "gemma", "llama-mp8", "rwkv")
+PATHS = ("experts", "fused", "safetensors", "cast", "gemma", "llama-mp8", "rwkv", "mistral")
 
 
 def main() -> None:
@@ -189,6 +190,18 @@ def _rwkv(source: Path, gb: float) -> tuple[str, list[str]]:
     return "rwkv", []
 
 
+def _mistral(source: Path, gb: float) -> tuple[str, list[str]]:
+    from converters.mistral import source as mistral
+
+    size = mistral.SIZES["7b-v0.3"]
+    per_layer = 2 * sum(math.prod(s) for k, s in mistral.shapes({**size, "n_layers": 1}).items()
+                        if k.startswith("layers."))
+    layers = max(1, round((gb * 1e9 - 2 * 2 * size["vocab_size"] * size["dim"]) / per_layer))
+    config = {**size, "n_layers": layers}
+    mistral.write(_lazy(config, mistral.shapes(config), "default"), source, container="sharded")
+    return "mistral", []
+
+
 def _lazy(config: dict[str, Any], specs: dict[str, tuple[int, ...]], layout: str,
           dtypes: dict[str, torch.dtype] | None = None) -> Any:
     """Random tensors (bf16 unless ``dtypes`` says otherwise) made on demand by ``write``, so building the source
@@ -208,7 +221,7 @@ def _lazy(config: dict[str, Any], specs: dict[str, tuple[int, ...]], layout: str
 _BUILDERS: dict[str, Callable[[Path, float], Any]] = {
     "experts": _mixtral("experts", "pt-shards"), "fused": _mixtral("fused", "pt-shards"),
     "safetensors": _mixtral("experts", "safetensors"), "cast": _cast, "gemma": _gemma, "llama-mp8": _llama_mp8,
-    "rwkv": _rwkv,
+    "rwkv": _rwkv, "mistral": _mistral,
 }
 
 
