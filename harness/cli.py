@@ -208,8 +208,16 @@ Run the family's original forward pass over SOURCE and the converted model over 
 tokens; compare the logits and every block's output. Both sides stream: the reference reads each source
 tensor when it needs it, the converted model is built empty and loaded one block at a time through
 transformers' own loading, so memory stays near one block and nothing is written. The bound is a multiple
-of the reference's own drift in higher precision, measured in the same run. Exit 0 on pass, 1 on a
-divergence (naming the first divergent block and the largest error's position), 2 on bad input."""
+of the reference's own drift, measured in the same run.
+
+A conversion that also casts (float32 weights stored as bfloat16) is judged as a cast: the reference reads the
+source rounded to the stored dtypes exactly as a correct conversion rounds it (round to nearest even), and is
+held to the float32 bound; what the rounding alone moves is reported beside, never as the verdict.
+
+Exit 0 on PASS, 1 on FAIL (naming the first divergent block, the largest error's position and the sub-module
+that disagrees), 3 on INCONCLUSIVE (nothing beyond a bound too coarse to have seen the catalogue's smallest
+faults, as in bfloat16 compute: rerun in float32, or add --power to measure what the run can see), 2 on bad
+input."""
 _VERIFY_EPILOG = """examples:
   convparity verify mixtral ./Mixtral-8x7B-v0.1 ./mixtral-hf               2 x 32 random tokens, float32
   convparity verify gemma ./gemma-7b.ckpt ./gemma-hf --variant 7b --text "The capital of France is"
@@ -227,12 +235,17 @@ def _add_verify_options(parser: argparse.ArgumentParser, title: str = "verify op
     inputs.add_argument("--text", action="append", metavar="TEXT", help="tokenize TEXT with the tokenizer in the "
                         "converted directory (repeat for more sequences)")
     group.add_argument("--batch", type=int, default=2, metavar="N", help="random sequences (default: %(default)s)")
-    group.add_argument("--seq-len", type=int, default=32, metavar="T", help="random tokens per sequence (default: "
-                       "%(default)s)")
+    group.add_argument("--seq-len", type=int, metavar="T", help="random tokens per sequence (default: 32, or the "
+                       "model's learned positions where fewer)")
     group.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default: %(default)s)")
     group.add_argument("--device", default="cpu", help="cpu (default) or cuda: blocks are streamed to the device")
     group.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32",
-                       help="both sides compute in this (default: float32; bfloat16 is a looser second check)")
+                       help="the converted model computes in this, against the float32 reference (default: float32; "
+                            "bfloat16 is a looser second check that can only FAIL or say INCONCLUSIVE, unless "
+                            "--power shows its bound catches the catalogue)")
+    group.add_argument("--power", action="store_true", help="plant each applicable mutant of the family's catalogue "
+                       "into the first block and the head of CONVERTED as it loads, and report how many this "
+                       "verification's bounds catch (its measured power on this very checkpoint)")
     group.add_argument("--json", type=Path, metavar="FILE", help="write the result, with environment, as JSON")
     group.add_argument("--report", type=Path, metavar="FILE.md", help="write a Markdown verify report")
     group.add_argument("--html", type=Path, metavar="FILE.html", help="write a self-contained HTML verify report")

@@ -40,7 +40,7 @@ def convert(args: argparse.Namespace) -> int:
 def verify(args: argparse.Namespace) -> int:
     from harness.parity.card import Card, file_hashes
     from harness.parity.html_report import verify_page, write_html
-    from harness.parity.verify import format_result, read_input_ids, tokenize, verify, write_json, write_report
+    from harness.parity.verify import EXIT, format_result, read_input_ids, tokenize, verify, write_json, write_report
 
     fam = family(args.family)
     converted = getattr(args, "converted", None) or args.output
@@ -51,7 +51,7 @@ def verify(args: argparse.Namespace) -> int:
         (tokens, lengths), inputs = read_input_ids(args.input_ids), f"token ids from {args.input_ids}"
     elif args.text:
         (tokens, lengths), inputs = tokenize(converted, args.text), f"token ids of {len(args.text)} text(s)"
-    if min(args.batch, args.seq_len) < 1:
+    if args.batch < 1 or (args.seq_len is not None and args.seq_len < 1):
         raise ConversionError(f"--batch and --seq-len must be positive; found {args.batch} and {args.seq_len}")
     _resolve_source(args, fam)
     card = Card.open(args.source, converted) if getattr(args, "card", False) or getattr(args, "verify", False) else None
@@ -61,7 +61,8 @@ def verify(args: argparse.Namespace) -> int:
     quiet = getattr(args, "quiet", False)
     result = verify(fam, args.source, converted, tokens=tokens, lengths=lengths, inputs=inputs, device=args.device,
                     compute_dtype=args.compute_dtype, config=args.config, batch=args.batch, seq_len=args.seq_len,
-                    seed=args.seed, progress=None if quiet else lambda m: print(f"verify: {m}", file=sys.stderr),
+                    seed=args.seed, power=args.power,
+                    progress=None if quiet else lambda m: print(f"verify: {m}", file=sys.stderr),
                     **options)
     print(format_result(result))
     if args.json:
@@ -73,7 +74,7 @@ def verify(args: argparse.Namespace) -> int:
     reproduced, lines = card.settle(result, args.hub_id) if card is not None else (True, [])
     for line in lines:
         print(line)
-    return 0 if result.passed and reproduced else 1
+    return EXIT[result.verdict] if reproduced else 1
 
 
 def _resolve_source(args: argparse.Namespace, fam: Family) -> None:

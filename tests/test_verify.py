@@ -75,9 +75,12 @@ def test_verify_passes_on_upstream_oracles(family: str, case_dir: Path, tmp_path
 
 @pytest.mark.parametrize(("family", "case", "compute"), COMPUTE, ids=[f"{f}-{c}-{d}" for f, c, d in COMPUTE])
 def test_verify_passes_on_check_cases(family: str, case: str, compute: str, convparity_round_trip: Callable) -> None:
+    """float32 compute PASSes; bfloat16 compute finds nothing either, but its bound is too coarse to have seen the
+    catalogue's smallest faults, so it says INCONCLUSIVE rather than PASS."""
     rt = convparity_round_trip(family, case)
     result = verify(FAMILIES[family], _source(rt), rt.model_dir, compute_dtype=compute)
-    assert result.passed, result.violations
+    assert not result.violations
+    assert result.verdict == ("PASS" if compute == "float32" else "INCONCLUSIVE"), result.resolution
     assert result.logits is not None and result.logits.rel <= result.logits.bound / 2  # never at the edge
 
 

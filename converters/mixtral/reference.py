@@ -96,12 +96,18 @@ def expert_weights(t: Mapping[str, torch.Tensor], p: str, e: int, hidden_dim: in
     return t[fused + "w1"][rows], t[fused + "w2"][rows].t(), t[fused + "w3"][rows]
 
 
-def moe(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor:
-    """``MoeLayer.forward`` (L214-225): top-k of the raw gate logits, softmax over those k only."""
+def moe(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any], x: torch.Tensor,
+        probe: Probe | None = None) -> torch.Tensor:
+    """``MoeLayer.forward`` (L214-225): top-k of the raw gate logits, softmax over those k only.
+
+    ``probe`` sees the router logits (tokens, experts) as ``feed_forward.router``: verify's routing agreement."""
     B, T, D = x.shape
     flat = x.reshape(B * T, D)  # (tokens, dim)
     gate = t.get(p + "feed_forward.gate.weight", t.get(p + "block_sparse_moe.gate.weight"))
-    top_logits, selected = torch.topk(flat @ gate.t(), c["moe"]["num_experts_per_tok"])  # (tokens, k)
+    router = flat @ gate.t()
+    if probe is not None:
+        probe({p + "feed_forward.router": (flat, router)})
+    top_logits, selected = torch.topk(router, c["moe"]["num_experts_per_tok"])  # (tokens, k)
     weights = F.softmax(top_logits.float(), dim=1).type_as(x)
     out = torch.zeros_like(flat)
     for e in range(c["moe"]["num_experts"]):
@@ -119,7 +125,7 @@ def transformer_block(t: Mapping[str, torch.Tensor], p: str, c: Mapping[str, Any
     a = rms_norm(x, t[p + "attention_norm.weight"], c["norm_eps"])
     h = x + (att := attention(t, p, c, a, freqs_cis, mask, probe))
     f = rms_norm(h, t[p + "ffn_norm.weight"], c["norm_eps"])
-    out = h + (ffn := moe(t, p, c, f))
+    out = h + (ffn := moe(t, p, c, f, probe))
     if probe is not None:
         probe({p + "attention_norm": (x, a), p + "attention": (a, att), p + "ffn_norm": (h, f),
                p + "feed_forward": (f, ffn)})

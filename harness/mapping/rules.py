@@ -56,6 +56,10 @@ class Rule:
     sources: tuple[Pattern, ...]
     targets: tuple[Pattern, ...]
     extra: str | None = None  # a placeholder that only the targets carry (one source -> many targets)
+    # Only moves data (rows, columns, names): rounding each source element commutes with it, so a cast of the
+    # output is the same cast of the source (harness.parity.rounding). A rule that computes says False and
+    # implements ``express``.
+    moves_data = True
 
     def __init__(self, sources: Sequence[str], targets: Sequence[str]) -> None:
         self.sources = tuple(Pattern(s) for s in sources)
@@ -78,6 +82,11 @@ class Rule:
 
     def target_keys(self, binding: Mapping[str, int], dims: Dims) -> list[str]:
         return [t.format(binding) for t in self.targets]
+
+    def express(self, outputs: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        """Source tensors that this rule's ``forward`` turns into exactly ``outputs`` (values it did not produce,
+        such as outputs rounded to a narrower dtype): for rules that compute, where ``inverse`` is lossy."""
+        raise NotImplementedError(f"{type(self).__name__} moves data: round its sources instead")
 
     def __repr__(self) -> str:
         src = ", ".join(p.text for p in self.sources)
@@ -201,6 +210,11 @@ class Dequantize(Rule):
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return transforms.quantize(tensors[0])
 
+    moves_data = False
+
+    def express(self, outputs: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return _unit_scaled(outputs[0])
+
 
 @dataclass(frozen=True)
 class Drop:
@@ -248,6 +262,18 @@ class DequantizeSplit(Rule):
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         return transforms.quantize(transforms.merge_qkv(*tensors))
+
+    moves_data = False
+
+    def express(self, outputs: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
+        return _unit_scaled(transforms.merge_qkv(*outputs))
+
+
+def _unit_scaled(weight: torch.Tensor) -> list[torch.Tensor]:
+    """A float weight with a per-row scale of one: ``dequantize`` gives back exactly ``weight``."""
+    import torch
+
+    return [weight, torch.ones(weight.shape[0], dtype=torch.float32)]
 
 
 class RenameAt(Rename):

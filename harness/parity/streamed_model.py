@@ -74,7 +74,7 @@ class StreamedModel:
         hf_logging.disable_progress_bar()
         self.model_dir, self.device, self.dtype = Path(model_dir), torch.device(device), dtype
         self.files, dtypes = _weight_files(self.model_dir)
-        self.stored_dtypes = set(dtypes.values())
+        self.stored = dtypes  # checkpoint key -> the dtype it is stored in
         hook = loading(json.loads((self.model_dir / "config.json").read_text())) if loading else nullcontext()
         with hook, init_empty_weights():
             self.model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.model_dir), dtype=dtype)
@@ -107,6 +107,14 @@ class StreamedModel:
         def size(p: torch.Tensor) -> int:
             return p.numel() * (self.dtype.itemsize if p.is_floating_point() else p.element_size())
         return [sum(size(p) for p in {id(p): p for p in map(self._meta.get, u.params)}.values()) for u in self.units]
+
+    def read(self, key: str) -> torch.Tensor | None:
+        """The checkpoint's tensor ``key`` as stored (None where the directory has no such key)."""
+        if key not in self.files:
+            return None
+        _, found = next(_by_file(self.files, [key]))
+        t = found[key]
+        return t if torch.is_tensor(t) else t[...]
 
     def __call__(self, tokens: torch.Tensor) -> StreamedOutput:
         """The model's own forward on ``tokens`` [B, T], each unit loaded just before its call and freed after."""
