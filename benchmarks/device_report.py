@@ -134,7 +134,7 @@ def write_summary(report: dict[str, Any], out: Path) -> None:
     lines += ["", "## verify on the 1-layer Mixtral of `verify-source` (8x7B-shaped; tiny with --tiny)", "",
               "| step | device | status | logits max abs | rel | bound | margin | seconds | peak RSS GiB |",
               "|---" * 9 + "|"]
-    lines += [f"| {v['step']} | {v['device']} | {'pass' if v['passed'] else 'FAIL'} | {_num(v['max_abs'])} | "
+    lines += [f"| {v['step']} | {v['device']} | {v['verdict']} | {_num(v['max_abs'])} | "
               f"{_num(v['rel'])} | {_num(v['bound'])} | {_num(v['margin'], 'x')} | {_num(v['seconds'])} | "
               f"{_num(v['peak_rss_gib'])} |" for v in report["verify"]]
     if report["benchmark"]:
@@ -176,10 +176,12 @@ def _read_tests(out: Path, name: str, log: Path) -> tuple[bool, str, Any]:
 def _read_verify(out: Path, name: str, log: Path) -> tuple[bool, str, Any]:
     r = json.loads((out / f"{name}.json").read_text())["results"][0]
     logits = r.get("logits") or {}
-    data = {"device": r.get("device"), "passed": bool(r.get("passed")), "max_abs": logits.get("max_abs"),
-            "rel": logits.get("rel"), "bound": logits.get("bound"), "margin": logits.get("margin"),
-            "seconds": r.get("seconds"), "peak_rss_gib": r.get("peak_rss_gib"), "diagnosis": r.get("diagnosis")}
-    detail = f"logits rel {_num(data['rel'])} against bound {_num(data['bound'])}"
+    verdict = r.get("verdict") or ("PASS" if r.get("passed") else "FAIL")  # PASS, FAIL or INCONCLUSIVE
+    data = {"device": r.get("device"), "verdict": verdict, "passed": verdict == "PASS",
+            "max_abs": logits.get("max_abs"), "rel": logits.get("rel"), "bound": logits.get("bound"),
+            "margin": logits.get("margin"), "seconds": r.get("seconds"), "peak_rss_gib": r.get("peak_rss_gib"),
+            "diagnosis": r.get("diagnosis")}
+    detail = f"{verdict}: logits rel {_num(data['rel'])} against bound {_num(data['bound'])}"
     return data["passed"], detail, data
 
 

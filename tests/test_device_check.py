@@ -53,7 +53,7 @@ def test_the_plan_runs_on_cpu_with_tiny_settings(device_check: ModuleType, tmp_p
     assert {(c["family"], c["dtype"], c["status"]) for c in report["cells"]} == {("rwkv", "float32", "pass")}
     assert all(c["bound"] and c["max_abs"] is not None for c in report["cells"])
     assert report["tests"]["tests"] >= 1 and not report["tests"]["failed"]
-    assert [v["passed"] for v in report["verify"]] == [True, True] and report["verify"][1]["device"] == "cpu"
+    assert [v["verdict"] for v in report["verify"]] == ["PASS", "PASS"] and report["verify"][1]["device"] == "cpu"
     assert report["benchmark"]["convert s"] > 0 and report["benchmark"]["GB"] > 0
     assert {"GPU", "driver", "torch", "torch CUDA"} <= set(report["environment"])
     assert report["peak_gpu_allocated_mib"] is None  # nothing ran on a GPU

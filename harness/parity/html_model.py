@@ -34,10 +34,10 @@ class Plot:
 
     @classmethod
     def of(cls, title: str, anchor: str, per_layer: Sequence[Mapping[str, Any]], passed: bool,
-           diagnosis: list[str]) -> Plot:
+           diagnosis: list[str], label: str = "") -> Plot:
         """From a result's ``per_layer`` points (``name``, ``rel``, ``bound`` and, where measured, ``noise``)."""
         return cls(title, anchor, [p["name"] for p in per_layer], [p["rel"] for p in per_layer],
-                   [p["bound"] for p in per_layer], [p.get("noise") for p in per_layer], passed, diagnosis)
+                   [p["bound"] for p in per_layer], [p.get("noise") for p in per_layer], passed, diagnosis, label)
 
 
 @dataclass

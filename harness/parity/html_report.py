@@ -33,28 +33,28 @@ def verify_page(result: Mapping[str, Any], hashes: dict[str, str] | None = None)
     """The page of ``verify`` from its result dict: one row per block and the logits, one plot over them."""
     get = result.get
     points = [c for c in [*(get("blocks") or []), get("logits")] if isinstance(c, Mapping)]
+    cast = any(c.get("cast") is not None for c in points)  # a declared cast: what the rounding alone moves
     rows = [Row([str(c.get("name", "")), _fmt(c.get("max_abs"), ".2e"), _fmt(c.get("scale"), ".3g"),
                  _fmt(_rel(c), ".1e"), _fmt(c.get("noise"), ".1e"), _fmt(c.get("bound"), ".1e"),
-                 _fmt(_margin(c), ""), _fmt(c.get("cosine"), ".8f")],
+                 _fmt(_margin(c), ""), _fmt(c.get("cosine"), ".8f"), *([_fmt(c.get("cast"), ".1e")] if cast else [])],
                 "pass" if c.get("passed") else "FAIL", _margin(c), "verify") for c in points]
     per_layer = [{"name": str(c.get("name", "")), "rel": _rel(c) if _rel(c) is not None else math.nan,
                   "bound": c.get("bound"), "noise": c.get("noise")} for c in points]
-    verdict = str(get("verdict") or "")
-    passed = verdict == "PASS" if verdict else bool(get("passed"))
+    verdict = str(get("verdict") or ("PASS" if get("passed") else "FAIL"))
     diagnosis = str(get("diagnosis") or "")
     card = list(get("violations") or []) + ([f"diagnosis: {diagnosis}"] if diagnosis else [])
     title = f"{get('family', '')}: {get('converted', '')} against {get('source', '')}"
-    plots = [Plot.of(title, "verify", per_layer, passed, card)] if points else []
+    plots = [Plot.of(title, "verify", per_layer, verdict != "FAIL", card, verdict)] if points else []
     shape = " x ".join(map(str, get("tokens_shape") or []))
     head = (f"inputs {shape} {get('inputs', '')}; compute {get('compute_dtype', '?')} on {get('device', '?')}; "
             f"top-1 agreement {_fmt(get('top1'), '.3f')}, KL {_fmt(get('kl'), '.1e')}")
-    head += "".join(f", KL {what} {_fmt(get(key), '.1e')}" for key, what in (("kl_mean", "mean"), ("kl_p95", "p95"))
-                    if get(key) is not None)
+    head += "".join(f", {what} {_fmt(get(key), '.1e')}" for key, what in (
+        ("kl_mean", "KL mean"), ("kl_p95", "KL p95"), ("resolution", "resolution")) if get(key) is not None)
     details = {key: {k: _fmt(v, ".3g") for k, v in value.items()} for key, value in result.items()
                if isinstance(value, Mapping) and key not in _VERIFY_SHOWN}
-    return Page(f"convparity verify: {get('family', '')}", passed, head,
-                ["point", "max abs", "scale", "rel", "noise", "bound", "margin", "cosine"], rows, plots,
-                list(get("notes") or []) + list(get("violations") or []), sorted((hashes or {}).items()),
+    return Page(f"convparity verify: {get('family', '')}", verdict == "PASS", head,
+                ["point", "max abs", "scale", "rel", "noise", "bound", "margin", "cosine", *(["cast"] if cast else [])],
+                rows, plots, list(get("notes") or []) + list(get("violations") or []), sorted((hashes or {}).items()),
                 verdict=verdict if verdict not in ("PASS", "FAIL") else "", diagnosis=diagnosis, details=details)
 
 
@@ -74,8 +74,7 @@ def mutate_page(records: Sequence[Any], controls: Sequence[Any]) -> Page:
                         anchor if per_layer else None))
         if per_layer:
             plots.append(Plot.of(f"{r.family} {r.mutant} ({r.dtype}, case {r.case})", anchor, per_layer,
-                                 not r.killed, [] if clean else [r.detail]))
-            plots[-1].label = status
+                                 not r.killed, [] if clean else [r.detail], status))
     survived = [r for r in records if r.applicable and not r.killed]
     false = [r for r in controls if r.killed]
     applicable = [r for r in records if r.applicable]
