@@ -182,13 +182,19 @@ def test_mutate_html_renders(browser: Any, tmp_path: Path, monkeypatch: pytest.M
 def test_verify_page_renders_whatever_fields_the_result_has() -> None:
     assert "<h1>convparity verify: </h1>" in render(verify_page({}))  # nothing known: still a page
     page = verify_page({"family": "phi", "verdict": "INCONCLUSIVE", "passed": False, "kl": 1e-6, "kl_p95": 9e-6,
-                        "power": {"applicable": 12, "survivors": ["wrong_gelu"]}, "routing": [{"fraction": 1.0}],
+                        "power": {"applicable": 2, "survivors": ["wrong_gelu"], "mutants": [
+                            {"mutant": "wrong_gelu", "killed": False, "margin": 0.4},
+                            {"mutant": "swap_layers", "killed": True, "margin": 80.0}]},
+                        "routing": [{"name": "model.layers.0.mlp.gate", "tokens": 64, "agree": 63, "near_ties": 1}],
                         "logits": {"name": "logits", "max_abs": 0.0, "scale": 2.0, "bound": 1e-6, "passed": True,
                                    "cast": 3e-4}})
     html = render(page)
     assert 'class="verdict inconclusive"' in html and "INCONCLUSIVE" in html
     assert "KL 1.0e-06, KL p95 9.0e-06" in page.headline
-    assert page.details == {"power": {"applicable": "12", "survivors": "['wrong_gelu']"}}
+    assert page.details == {
+        "power": {"applicable": "2", "survivors": "wrong_gelu", "mutants: wrong_gelu": "killed False; margin 0.4",
+                  "mutants: swap_layers": "killed True; margin 80"},
+        "routing": {"model.layers.0.mlp.gate": "tokens 64; agree 63; near_ties 1"}}
     assert page.columns[-1] == "cast" and page.rows[0].cells[-1] == "3.0e-04"
     assert page.rows[0].cells[6] == "exact" and page.rows[0].status == "pass"
     assert page.plots[0].label == "INCONCLUSIVE" and page.plots[0].passed  # nothing beyond its bound

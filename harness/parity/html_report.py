@@ -24,9 +24,9 @@ from harness.parity.html_plot import svg
 
 __all__ = ["Page", "Plot", "Row", "check_page", "mutate_page", "render", "verify_page", "write_html"]
 
-# Fields of verify's result shown in the table and headline; any other dict-valued field is shown as its own
-# section (so one added to the result later appears without a change here).
-_VERIFY_SHOWN = {"logits", "bound"}
+# Fields of verify's result shown in the table and headline; any other field that is a dict or a list of dicts
+# (power, routing) is shown as a section of its own, so one added to the result later appears without a change here.
+_VERIFY_SHOWN = {"logits", "blocks", "bound"}
 
 
 def verify_page(result: Mapping[str, Any], hashes: dict[str, str] | None = None) -> Page:
@@ -50,8 +50,8 @@ def verify_page(result: Mapping[str, Any], hashes: dict[str, str] | None = None)
             f"top-1 agreement {_fmt(get('top1'), '.3f')}, KL {_fmt(get('kl'), '.1e')}")
     head += "".join(f", {what} {_fmt(get(key), '.1e')}" for key, what in (
         ("kl_mean", "KL mean"), ("kl_p95", "KL p95"), ("resolution", "resolution")) if get(key) is not None)
-    details = {key: {k: _fmt(v, ".3g") for k, v in value.items()} for key, value in result.items()
-               if isinstance(value, Mapping) and key not in _VERIFY_SHOWN}
+    details = {key: _section(value) for key, value in result.items() if key not in _VERIFY_SHOWN and (
+        isinstance(value, Mapping) or _records(value))}
     return Page(f"convparity verify: {get('family', '')}", verdict == "PASS", head,
                 ["point", "max abs", "scale", "rel", "noise", "bound", "margin", "cosine", *(["cast"] if cast else [])],
                 rows, plots, list(get("notes") or []) + list(get("violations") or []), sorted((hashes or {}).items()),
@@ -104,6 +104,32 @@ def render(page: Page) -> str:
 def write_html(page: Page, path: Path) -> None:
     """Write ``render(page)`` to ``path``."""
     path.write_text(render(page), encoding="utf-8")
+
+
+def _section(value: Mapping[str, Any] | list[Mapping[str, Any]]) -> dict[str, str]:
+    """A dict, or a list of records keyed by their ``name`` or ``mutant``, as lines of text; a list of records
+    inside (``power["mutants"]``) becomes one line per record."""
+    rows = value.items() if isinstance(value, Mapping) else (
+        (str(r.get("name") or r.get("mutant") or i), r) for i, r in enumerate(value))
+    out = {}
+    for key, item in rows:
+        if _records(item):
+            out |= {f"{key}: {k}": v for k, v in _section(item).items()}
+        else:
+            out[str(key)] = _text(item)
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k} {_text(v)}" for k, v in value.items() if k not in ("name", "mutant"))
+    if isinstance(value, list):
+        return ", ".join(map(_text, value)) or "none"
+    return _fmt(value, ".3g")
+
+
+def _records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
 
 
 def _rel(c: Mapping[str, Any]) -> float | None:
