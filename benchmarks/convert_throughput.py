@@ -10,9 +10,9 @@ Paths: ``experts`` (Mixtral, 8 ``consolidated.NN.pt``, per-expert keys: every by
 ``consolidated.safetensors``), ``cast`` (``experts`` converted with ``--dtype float16``), ``gemma`` (one
 ``model.ckpt`` pickle with its complex ``freqs_cis``, fused qkv split by rows), ``llama-mp8`` (8 model-parallel
 rank files merged), ``rwkv`` (one bf16 ``.pth``, every tensor renamed) and ``mistral`` (a Mistral-7B-v0.3-shaped
-dense model in 3 ``consolidated-NNNNN-of-00003.safetensors`` shards: renames and q/k rotary rows). Each measurement is the best of
-``--runs`` runs, alternating ``cp -r``, ``cat`` into one file, and ``convparity convert`` of each ``--repo``
-(several checkouts: a before/after table from one run), each followed by ``sync`` (warm page cache for all).
+dense model in 3 ``consolidated-NNNNN-of-00003.safetensors`` shards: renames and q/k rotary rows). Each measurement
+is the best of ``--runs`` runs, alternating ``cp -r``, ``cat`` into one file, and ``convparity convert`` of each
+``--repo`` (several checkouts: a before/after table from one run), each followed by ``sync`` (warm page cache for all).
 ``convparity convert`` runs in a child process whose memory is sampled every 20 ms: peak RSS includes
 file-backed pages of the memory-mapped source, peak anon is what the process allocated.
 

@@ -7,8 +7,9 @@ ATTENTION = ("rope_theta", "rope_parameters", "num_attention_heads", "num_key_va
              "sliding_window", "layer_types")
 
 
-def around(ffn: Point) -> list[Point]:
-    """Every point of a Mistral-format model, ``ffn`` (``layers.{layer}.feed_forward``) between the norms."""
+def around(*ffn: Point) -> list[Point]:
+    """Every point of a Mistral-format model, the ``ffn`` ones (``layers.{layer}.feed_forward``, and any inside it)
+    after the post-attention norm."""
     return [
         Point("tok_embeddings", "model.embed_tokens", ("vocab_size",), "embeddings"),
         Point("layers.{layer}.attention_norm", "model.layers.{layer}.input_layernorm", ("rms_norm_eps",),
@@ -18,7 +19,7 @@ def around(ffn: Point) -> list[Point]:
         Point("layers.{layer}.attention.wo", "model.layers.{layer}.self_attn.o_proj", (), "output projection (wo)"),
         Point("layers.{layer}.ffn_norm", "model.layers.{layer}.post_attention_layernorm", ("rms_norm_eps",),
               "post-attention norm"),
-        ffn,
+        *ffn,
         Point("norm", "model.norm", ("rms_norm_eps",), "final norm"),
         Point("output", "lm_head", ("tie_word_embeddings", "vocab_size"), "head"),
     ]
