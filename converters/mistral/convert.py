@@ -106,8 +106,8 @@ CONFIG = ConfigMap(
         *FIELDS,
         Field(("sliding_window", "_sliding_window"), ("sliding_window", "layer_types", "model_type", "architectures"),
               default=(None, None), kind=Optional(_Windows()), reads=("n_layers",), to_target=_windows,
-              to_source=_window_fields, lossy="a list comes back as sliding_window, one entry per layer; a list of "
-                                              "one size as that int"),
+              to_source=_window_fields, lossy="a list comes back as _sliding_window, one entry per layer; a list "
+                                              "of one size as that int, in sliding_window"),
         Field("rope_theta", "rope_theta", default=None, kind=Optional(NonNegativeFloat), reads=("sliding_window",),
               to_target=_theta, to_source=lambda theta, window: theta, lossy="absent comes back as its value"),
     ],
