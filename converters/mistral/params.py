@@ -44,7 +44,7 @@ FIELDS = [
 ]
 
 CHECKS = [
-    Divides("n_kv_heads", "n_heads", why="each kv head serves a whole group of q heads (fact 7)"),
+    Divides("n_kv_heads", "n_heads", why="each kv head serves a whole group of q heads"),
     Divides(2, "head_dim", why="rotary embeddings turn interleaved pairs of dimensions (rope.py L12-21)"),
 ]
 
