@@ -142,10 +142,17 @@ class Assembly:
 
 
 def write_assembly(assembly: Assembly, fd: int, offset: int, engine: AssemblyEngine | None = None) -> None:
-    """Write ``assembly``'s bytes into the open file ``fd`` at ``offset``."""
-    writes = Writes(engine=engine or AssemblyEngine())
-    writes.start(assembly, fd, offset)
-    writes.finish()
+    """Write ``assembly``'s bytes into the open file ``fd`` at ``offset`` (with a fresh engine, closed after, when
+    none is given)."""
+    own = engine is None
+    engine = engine or AssemblyEngine()
+    try:
+        writes = Writes(engine=engine)
+        writes.start(assembly, fd, offset)
+        writes.finish()
+    finally:
+        if own:
+            engine.close()
 
 
 @dataclass(eq=False)
