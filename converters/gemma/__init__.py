@@ -1,6 +1,6 @@
 """Gemma 1 (google/gemma_pytorch .ckpt, sharded or int8-quantised) -> transformers GemmaForCausalLM."""
 
-from converters.gemma import mutants, points
+from converters.gemma import facts, mutants, points
 from converters.gemma.convert import CONFIG, KEYS, convert, invert
 from converters.gemma.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
 from harness.lazy import lazy_function
@@ -28,4 +28,5 @@ FAMILY = Family(
     mutants=tuple(mutants.MUTANTS),
     mutation_cases=mutants.CASES,
     points=tuple(points.POINTS),
+    facts=facts.facts,
 )

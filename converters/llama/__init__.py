@@ -1,6 +1,6 @@
 """Llama (Meta's params.json + consolidated.NN.pth rank files, Llama 1/2/3/3.1) -> transformers LlamaForCausalLM."""
 
-from converters.llama import mutants, points
+from converters.llama import facts, mutants, points
 from converters.llama.convert import CONFIG, KEYS, convert, invert
 from converters.llama.source import CASES, OPTIONS, SIZES, read, shapes, tiny, write
 from harness.lazy import lazy_function
@@ -29,4 +29,5 @@ FAMILY = Family(
     mutants=tuple(mutants.MUTANTS),
     mutation_cases=mutants.CASES,
     points=tuple(points.POINTS),
+    facts=facts.facts,
 )

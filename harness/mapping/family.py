@@ -82,6 +82,8 @@ class Family:
     mutants: tuple[Mutant, ...] = ()
     mutation_cases: Mapping[str, MutationCase] = field(default_factory=dict)
     points: tuple[Point, ...] = ()  # named points of the reference and their transformers modules (diagnosis)
+    # what upstream conversion scripts take as flags, from a source (``--converter`` templates): {"num_shards": "2"}
+    facts: Callable[[SourceCheckpoint], Mapping[str, str]] | None = None
 
     def option_names(self) -> list[str]:
         """The keyword each option reaches ``read`` as (``--vocab-size`` -> ``vocab_size``)."""

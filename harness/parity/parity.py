@@ -47,6 +47,7 @@ class ParityResult:
     # per hidden state then the logits: {"name", "rel" (max abs error / scale), "bound", "noise"}, all relative
     per_layer: list[dict[str, Any]] = field(default_factory=list)
     diagnosis: str | None = None  # where a failure is: set by the front ends (harness.mutation.on_failure)
+    not_run: str | None = None  # REFUSED / UNLOADABLE / TIMEOUT: a failed cell that never reached parity
 
     @property
     def passed(self) -> bool:
@@ -55,6 +56,11 @@ class ParityResult:
     @property
     def status(self) -> str:
         return "skip" if self.skipped else ("pass" if self.passed else "FAIL")
+
+    @property
+    def outcome(self) -> str:
+        """What a user acts on: PASS, FAIL (parity), REFUSED, UNLOADABLE, TIMEOUT (no parity ran), or SKIP."""
+        return "SKIP" if self.skipped else "PASS" if self.passed else self.not_run or "FAIL"
 
 
 def cuda_skip_reason() -> str | None:

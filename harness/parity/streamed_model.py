@@ -33,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 from harness.errors import ConversionError
 from harness.io.tensor_store import load_pickle, safetensors_dtypes
 
-__all__ = ["StreamedModel", "StreamedOutput", "Unit"]
+__all__ = ["StreamedModel", "StreamedOutput", "Unit", "stored_dtypes"]
 
 
 @dataclass
@@ -197,6 +197,11 @@ class _InPlaceLog(TorchFunctionMode):
             for name in params:
                 for func, args, kwargs in self.ops.get(name, []):
                     func(model.get_parameter(name), *args, **kwargs)
+
+
+def stored_dtypes(folder: Path) -> dict[str, torch.dtype]:
+    """Checkpoint key -> the dtype a transformers directory stores it in (safetensors: from the headers alone)."""
+    return _weight_files(folder)[1]
 
 
 def _set_param(model: nn.Module, name: str, param: nn.Parameter) -> None:
