@@ -22,6 +22,8 @@ from harness.parity.external_case import case_facts, external_round_trip
 from harness.parity.parity import ParityResult, load_converted, make_tokens, run_parity
 from harness.registry import family
 
+pytest_plugins = ["pytester"]
+
 HERE = Path(__file__).parent
 CASE = "llama31-scaled"  # llama's smallest case: one rank file, two layers
 
@@ -176,15 +178,13 @@ def test_gate_runs_the_named_families_through_the_converter(tmp_path: Path) -> N
     assert code == 1
     assert junit.read_text().count('message="REFUSED: the converter exited 1') == 5
     summary = (tmp_path / "gate.md").read_text()
-    assert "golden snapshots not checked" in summary and "- llama/gqa-mp2: **REFUSED** the converter exited 1" in summary
+    assert "golden snapshots not checked" in summary
+    assert "- llama/gqa-mp2: **REFUSED** the converter exited 1" in summary
 
 
 def _assert_gone(pid: int) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-
-
-pytest_plugins = ["pytester"]
 
 
 def test_the_pytest_plugin_takes_a_converter(pytester: pytest.Pytester) -> None:
