@@ -45,8 +45,8 @@ class ExternalConverter:
 
     >>> ExternalConverter("convert.py --in {source} --out {output} --shards {num_shards}").placeholders
     ('source', 'output', 'num_shards')
-    >>> ExternalConverter("my_pkg.convert:to_hf").function
-    'my_pkg.convert:to_hf'
+    >>> ExternalConverter("json:loads").function  # any importable module:function
+    'json:loads'
     """
 
     spec: str
