@@ -3,7 +3,9 @@
 
 ``correct`` is convparity's own conversion; ``bfloat16`` the same stored as bfloat16 (a cast, not a fault);
 ``no_rotary`` leaves layer 0's q rows in Meta's order (one permutation removed); ``refuse`` exits 1; ``unloadable``
-writes a directory from_pretrained cannot load; ``hang`` never returns (it writes its pid to $HANG_PIDFILE first).
+writes a directory from_pretrained cannot load; ``remote_code`` one whose config.json asks for its own modelling code
+(which, were it ever imported, would write $REMOTE_CODE_MARKER); ``hang`` never returns (it writes its pid to
+$HANG_PIDFILE first).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bfloat16", "correct", "hang", "no_rotary", "refuse", "unloadable"]
+__all__ = ["bfloat16", "correct", "hang", "no_rotary", "refuse", "remote_code", "unloadable"]
 
 
 def correct(source: Path, output: Path, family: str, **facts: Any) -> None:
@@ -50,6 +52,16 @@ def unloadable(source: Path, output: Path, family: str, **facts: Any) -> None:
     Path(output).mkdir()
     (Path(output) / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
                                                           "hidden_size": 64, "num_attention_heads": 4}))
+
+
+def remote_code(source: Path, output: Path, family: str, **facts: Any) -> None:
+    _own(source, output, family)
+    config = json.loads((Path(output) / "config.json").read_text())
+    config.update(model_type="outside", auto_map={"AutoConfig": "modeling_outside.OutsideConfig",
+                                                  "AutoModelForCausalLM": "modeling_outside.OutsideModel"})
+    (Path(output) / "config.json").write_text(json.dumps(config))
+    (Path(output) / "modeling_outside.py").write_text(
+        "import os, pathlib\npathlib.Path(os.environ['REMOTE_CODE_MARKER']).write_text('executed')\n")
 
 
 def hang(source: Path, output: Path, family: str, **facts: Any) -> None:

@@ -90,6 +90,14 @@ def test_an_output_that_does_not_load_is_unloadable_with_the_loaders_reason() ->
     assert r.violations[0].startswith("UNLOADABLE: from_pretrained: ") and "\n" not in r.violations[0]
 
 
+def test_code_in_the_output_is_never_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "executed"
+    monkeypatch.setenv("REMOTE_CODE_MARKER", str(marker))
+    (r,) = check("outside_converters:remote_code")
+    assert r.outcome == "UNLOADABLE" and "contains custom code" in r.violations[0], r.violations
+    assert not marker.exists()
+
+
 def test_a_hanging_converter_is_stopped_at_the_limit_leaving_nothing(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     temp, pidfile = tmp_path / "tmp", tmp_path / "pid"

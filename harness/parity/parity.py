@@ -138,8 +138,10 @@ def load_converted(model_dir: Path, device: str, dtype: str, family: Family | No
     hook = family.loading if family is not None else None
     context = hook(json.loads((model_dir / "config.json").read_text())) if hook else nullcontext()
     with context:
+        # trust_remote_code=False: a directory asking for its own code is refused at once, never prompted for
         model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], output_loading_info=True,
-                                                           ignore_mismatched_sizes=report is not None)
+                                                           ignore_mismatched_sizes=report is not None,
+                                                           trust_remote_code=False)
     bad = {k: v for k, v in info.items() if v}
     if report is not None:
         report.update({k.removesuffix("_keys"): sorted(n[0] if isinstance(n, tuple) else n for n in v)

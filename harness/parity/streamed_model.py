@@ -77,7 +77,8 @@ class StreamedModel:
         self.stored = dtypes  # checkpoint key -> the dtype it is stored in
         hook = loading(json.loads((self.model_dir / "config.json").read_text())) if loading else nullcontext()
         with hook, init_empty_weights():
-            self.model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.model_dir), dtype=dtype)
+            config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=False)  # refused, never prompted
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.model.eval()
         self.model.tie_weights()
         for module in self.model.modules():  # non-persistent buffers (rotary tables) are real: place them
