@@ -90,6 +90,12 @@ def test_an_output_that_does_not_load_is_unloadable_with_the_loaders_reason() ->
     assert r.violations[0].startswith("UNLOADABLE: from_pretrained: ") and "\n" not in r.violations[0]
 
 
+def test_a_converter_that_writes_nothing_is_unloadable() -> None:
+    (r,) = check("true {source} {output}")
+    assert r.outcome == "UNLOADABLE" and r.violations[0].startswith(
+        "UNLOADABLE: the converter exited 0 but wrote nothing at {output}")
+
+
 def test_code_in_the_output_is_never_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     marker = tmp_path / "executed"
     monkeypatch.setenv("REMOTE_CODE_MARKER", str(marker))
