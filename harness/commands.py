@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConversionError
 from harness.io.raw_dtypes import CAST_DTYPES as DTYPES
@@ -63,7 +63,7 @@ def verify(args: argparse.Namespace) -> int:
     quiet = getattr(args, "quiet", False)
     result = verify(fam, args.source, converted, tokens=tokens, lengths=lengths, inputs=inputs, device=args.device,
                     compute_dtype=args.compute_dtype, config=args.config, batch=args.batch, seq_len=args.seq_len,
-                    seed=args.seed, power=args.power,
+                    seed=args.seed, power=_power_hook() if args.power else None,
                     progress=None if quiet else lambda m: print(f"verify: {m}", file=sys.stderr),
                     **options)
     print(format_result(result))
@@ -77,6 +77,12 @@ def verify(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     return EXIT[result.verdict] if reproduced else 1
+
+
+def _power_hook() -> Any:
+    from harness.mutation.power import measure_power
+
+    return measure_power
 
 
 def _resolve_source(args: argparse.Namespace, fam: Family) -> None:

@@ -4,7 +4,7 @@
   logits of ``from_pretrained`` bit for bit, for float32 and bfloat16 checkpoints: this pins what it relies on
   in transformers' internals, on whichever version is installed (``tox -e tf4`` and ``tox -e tf5``);
 - verify passes on the conversion of every upstream oracle case, within 1e-4 of the logit scale or tighter,
-  and on every ``check`` case, in float32 and in bfloat16 compute;
+  and on every ``check`` case in float32 compute (bfloat16 compute: nothing beyond its bound, INCONCLUSIVE);
 - verify fails on a conversion with one tensor of one block altered after the fact (rows permuted, scaled,
   swapped with another of the same shape), naming that block;
 - the CLI (``verify``, ``--json``, ``--report``, ``--input-ids``, ``--text``, bad input, ``convert --verify``),
@@ -28,7 +28,7 @@ from harness.parity.localise import NO_CATALOGUE
 from harness.parity.parity import UpcastTensors, load_converted, make_tokens
 from harness.parity.points import unsupported
 from harness.parity.streamed_model import StreamedModel
-from harness.parity.verify import read_input_ids, verify
+from harness.parity.verify import RESOLUTION, read_input_ids, verify
 from harness.registry import families
 
 FAMILIES = families()
@@ -92,8 +92,10 @@ def test_verify_fails_on_one_altered_tensor_and_names_its_block(family: str, cas
     block = StreamedModel(rt.model_dir, loading=FAMILIES[family].loading).block_names[-1]
     altered = _alter(rt.model_dir, tmp_path / "hf", block, alteration)
     result = verify(FAMILIES[family], _source(rt), altered)
-    assert not result.passed
+    assert result.verdict == "FAIL"
     assert result.first_divergent == block
+    if alteration == "scale":  # the smallest fault verify claims to see lands well above its resolution
+        assert next(c for c in result.blocks if c.name == block).rel >= 3 * RESOLUTION
     assert result.violations[0].startswith(f"first divergent block {block}: max abs ")
     if unsupported() is not None:  # transformers 4.x: diagnosis says it cannot run rather than misplace a bug
         assert result.diagnosis == unsupported()

@@ -82,12 +82,12 @@ class Card:
             return True, [f"card: wrote {self.converted / CARD_README} and {CARD_JSON} ({len(files['source'])} "
                           f"source and {len(files['output'])} output files hashed)"]
         then, now = self.previous["result"], record["result"]
-        keys = ("passed", "first_divergent", "compute_dtype", "tokens_shape")
-        differ = [k for k in keys if then.get(k) != now.get(k)]
+        keys = ("passed", "verdict", "first_divergent", "compute_dtype", "tokens_shape")
+        differ = [k for k in keys if k in then and then.get(k) != now.get(k)]  # older cards lack "verdict"
         if differ:
             return False, [f"card: not reproduced: {k} was {then.get(k)!r}, now {now.get(k)!r}" for k in differ]
         return True, [f"card: reproduced {self.converted / CARD_README}: same verdict "
-                      f"({'PASS' if now['passed'] else 'FAIL'}), same sha256 of every source and output file"]
+                      f"({now['verdict']}), same sha256 of every source and output file"]
 
     def _record(self, result: Any, base_model: str | None) -> dict[str, Any]:
         from harness.parity.report import SCHEMA, environment

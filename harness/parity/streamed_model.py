@@ -65,7 +65,10 @@ class StreamedModel:
     """
 
     def __init__(self, model_dir: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 loading: Callable[[dict[str, Any]], AbstractContextManager[Any]] | None = None) -> None:
+                 loading: Callable[[dict[str, Any]], AbstractContextManager[Any]] | None = None,
+                 config: Any = None, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """``config`` (a transformers config) and ``tensors`` (checkpoint key -> tensor) stand in for the files of
+        ``model_dir`` where given: ``verify --power`` runs planted copies of a few units this way."""
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -73,11 +76,14 @@ class StreamedModel:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         self.model_dir, self.device, self.dtype = Path(model_dir), torch.device(device), dtype
-        self.files, dtypes = _weight_files(self.model_dir)
+        if tensors is None:
+            self.files, dtypes = _weight_files(self.model_dir)
+        else:
+            self.files, dtypes = dict(tensors), {k: t.dtype for k, t in tensors.items()}
         self.stored = dtypes  # checkpoint key -> the dtype it is stored in
-        hook = loading(json.loads((self.model_dir / "config.json").read_text())) if loading else nullcontext()
-        with hook, init_empty_weights():
-            config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=False)  # refused, never prompted
+        if config is None:  # trust_remote_code=False: a directory asking for its own code is refused, never prompted
+            config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=False)
+        with loading(config.to_dict()) if loading else nullcontext(), init_empty_weights():
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.model.eval()
         self.model.tie_weights()
@@ -249,9 +255,13 @@ def _narrow_params(meta: dict[str, nn.Parameter], stored: dict[str, torch.dtype]
     return {n: out[id(p)] for n, p in meta.items() if id(p) in out}
 
 
-def _by_file(files: dict[str, Path], keys: list[str]) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Per file, the tensors of ``keys`` unread: safetensors slices, or memory-mapped .bin tensors."""
-    for path in dict.fromkeys(files[k] for k in keys):
+def _by_file(files: dict[str, Any], keys: list[str]) -> Iterator[tuple[Path | None, dict[str, Any]]]:
+    """Per file, the tensors of ``keys`` unread: safetensors slices, or memory-mapped .bin tensors; tensors held in
+    memory (``StreamedModel(tensors=...)``) come first, as they are."""
+    held = {k: files[k] for k in keys if torch.is_tensor(files[k])}
+    if held:
+        yield None, held
+    for path in dict.fromkeys(files[k] for k in keys if k not in held):
         handle = _open(path)
         yield path, {k: handle.get_slice(k) if path.suffix == ".safetensors" else handle[k]
                      for k in keys if files[k] == path}
@@ -365,8 +375,8 @@ class _Transformers4:
                                              device_map={"": str(self.device)}, keep_in_fp32_regex=self.keep_fp32)
 
 
-def _unclean(files: dict[str, Path], problem: tuple[Any, ...]) -> ConversionError:
-    folder = next(iter(files.values())).parent
+def _unclean(files: dict[str, Any], problem: tuple[Any, ...]) -> ConversionError:
+    folder = next((f.parent for f in files.values() if isinstance(f, Path)), "the planted tensors")
     if len(problem) == 3:  # (name, shape in the checkpoint, shape the model expects)
         return ConversionError(f"{folder} does not load cleanly: {problem[0]} has shape {tuple(problem[1])} in the "
                                f"checkpoint; the model expects {tuple(problem[2])}")

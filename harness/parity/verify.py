@@ -45,19 +45,21 @@ __all__ = ["BOUNDS", "EXIT", "RESOLUTION", "Bound", "Comparison", "VerifyResult"
            "tokenize", "verify", "write_json", "write_report"]
 
 Outputs = tuple[torch.Tensor, list[torch.Tensor]]  # logits, hidden states (embeddings first)
+PowerHook = Callable[[Family, SourceCheckpoint, StreamedModel, torch.Tensor, Outputs, VerifyResult], Any]
 
 
 def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tensor | None = None,
            lengths: Sequence[int] | None = None, inputs: str = "", device: str = "cpu",
            compute_dtype: str = "float32", config: Path | None = None, batch: int = 2, seq_len: int | None = None,
-           seed: int = 0, power: bool = False, progress: Callable[[str], None] | None = None,
+           seed: int = 0, power: PowerHook | None = None, progress: Callable[[str], None] | None = None,
            **options: object) -> VerifyResult:
     """Hold ``converted`` (a ``from_pretrained`` directory) to the reference on ``source`` (as ``convert`` reads it).
 
     Without ``tokens``, ``batch`` x ``seq_len`` random ids (``seed``; ``seq_len`` defaults to 32, or the model's
-    position limit where smaller); ``lengths`` marks right padding that is not compared. ``power`` plants the
-    catalogue into the first block and the head of this load and reports how much of it the bounds catch. Bad
-    input raises ConversionError; a divergence is a failed result, not an exception.
+    position limit where smaller); ``lengths`` marks right padding that is not compared. ``power``
+    (``harness.mutation.power.measure_power``, passed in by the front end: the mutation layer sits above this one)
+    plants the catalogue into the first blocks and the head of this load and reports how much of it the bounds
+    catch. Bad input raises ConversionError; a divergence is a failed result, not an exception.
 
     >>> verify(family("mixtral"), Path("Mixtral-8x7B"), Path("mixtral-hf")).verdict  # doctest: +SKIP
     'PASS'
@@ -102,11 +104,9 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     result.violations += [f"routing {r.name}: {r.clear} token(s) pick other experts than the reference where its "
                           f"choice was clear (router-logit gap above {r.tie_gap:.1e})"
                           for r in result.routing if r.clear]
-    if power and result.logits is not None:
-        from harness.parity.power import measure_power
-
-        say("power: the catalogue planted into the first block and the head of this load")
-        result.power = measure_power(family, checkpoint, model, tokens, ref, result).as_dict()
+    if power is not None and result.logits is not None and not result.violations:
+        say("power: the catalogue planted into the first blocks and the head of this load")
+        result.power = power(family, truth, model, tokens, ref, result).as_dict()
     if result.verdict == "FAIL":
         say("diagnosis: each sub-module on the reference's input (float32)")
         result.diagnosis = _localise(family, truth, model, tokens, result)
