@@ -58,10 +58,9 @@ def _measure(n_layers: int, workdir: Path) -> dict[str, float]:
     config = {**SHAPE, "n_layers": n_layers}
     source, converted = workdir / "source", workdir / "hf"
     print(f"\n{n_layers} layer(s): writing the source", flush=True)
-    _write_source(config, source)
+    write_source(config, source)
     print(f"{n_layers} layer(s): converting", flush=True)
-    subprocess.run([sys.executable, "-m", "harness.cli", "convert", "mixtral", str(source), str(converted),
-                    "--quiet"], check=True, cwd=ROOT)
+    convert_source(source, converted)
     numel = sum(torch.Size(s).numel() for s in shapes(config).values())
     layer = sum(torch.Size(s).numel() for k, s in shapes(config).items() if k.startswith("layers.0."))
     row = {"layers": n_layers, "bf16 GB": _bytes(source) / 1e9, "fp32 GiB": numel * 4 / 2**30,
@@ -87,8 +86,9 @@ def _measure(n_layers: int, workdir: Path) -> dict[str, float]:
     return row
 
 
-def _write_source(config: dict, folder: Path) -> None:
-    """Random bf16 weights of realistic spread, made one shard at a time by ``write``."""
+def write_source(config: dict, folder: Path) -> None:
+    """Random bf16 weights of realistic spread in Mistral's layout (per-expert keys, 8 ``consolidated.NN.pt``),
+    made one shard at a time by ``write``; ``config`` in params.json's names (``SHAPE`` and ``n_layers``)."""
     from converters.mixtral.source import shapes, write
     from harness.io.tensor_store import TensorStore
     from harness.mapping.conversion import SourceCheckpoint
@@ -107,6 +107,12 @@ def _write_source(config: dict, folder: Path) -> None:
     store = TensorStore({k: (lambda k=k, s=s: make(k, s)) for k, s in specs.items()},
                         {k: (s, torch.bfloat16) for k, s in specs.items()})
     write(SourceCheckpoint(config, store, "experts"), folder, container="pt-shards")
+
+
+def convert_source(source: Path, converted: Path) -> None:
+    """``convparity convert mixtral SOURCE CONVERTED``, in a child process."""
+    subprocess.run([sys.executable, "-m", "harness.cli", "convert", "mixtral", str(source), str(converted),
+                    "--quiet"], check=True, cwd=ROOT)
 
 
 def _bytes(folder: Path) -> int:

@@ -72,7 +72,7 @@ def verify(args: argparse.Namespace) -> int:
     if args.report:
         write_report(result, args.report)
     if args.html:
-        write_html(verify_page(result, file_hashes(args.source)), args.html)
+        write_html(verify_page(result.as_dict(), file_hashes(args.source)), args.html)
     reproduced, lines = card.settle(result, args.hub_id) if card is not None else (True, [])
     for line in lines:
         print(line)

@@ -109,3 +109,28 @@ def test_a_truncating_converter_is_named(tmp_path: Path) -> None:
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     result = verify(LLAMA, source, out)
     assert any("matches truncation" in n for n in result.notes), result.notes
+
+
+@pytest.mark.parametrize("family", sorted(families()))
+def test_a_cast_to_any_narrower_dtype_passes_on_drawn_configs(family: str, tmp_path_factory: pytest.TempPathFactory
+                                                              ) -> None:
+    """Cases not in the repository: hypothesis-drawn configs of every family, converted and stored as bfloat16 or
+    float16, PASS float32 verify (nothing beyond the bound, resolution fine enough)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.family_strategies import STRATEGIES
+
+    fam = families()[family]
+
+    @settings(max_examples=12, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(case=STRATEGIES[family], stored=st.sampled_from(["bfloat16", "float16"]))
+    def sweep(case: Any, stored: str) -> None:
+        workdir = tmp_path_factory.mktemp("sweep")
+        fam.write(fam.tiny(0, layout=case.layout, **case.config), workdir / "source", container=case.container)
+        write_converted(fam.convert(fam.read(workdir / "source")), workdir / "hf", dtype=stored)
+        result = verify(fam, workdir / "source", workdir / "hf")
+        assert result.verdict == "PASS", (case, stored, result.violations, result.resolution)
+
+    sweep()

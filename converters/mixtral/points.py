@@ -15,6 +15,8 @@ POINTS = [
     Point("layers.{layer}.ffn_norm", "model.layers.{layer}.post_attention_layernorm", ("rms_norm_eps",),
           "post-attention norm"),
     Point("layers.{layer}.feed_forward", "model.layers.{layer}.mlp", MOE, "router and experts"),
+    Point("layers.{layer}.feed_forward.router", "model.layers.{layer}.mlp.gate", ("num_local_experts",),
+          "router (gate logits, one per expert)"),
     Point("norm", "model.norm", ("rms_norm_eps",), "final norm"),
     Point("output", "lm_head", ("tie_word_embeddings", "vocab_size"), "head"),
 ]
