@@ -2,7 +2,8 @@
 
 ``Family(name, about, source=..., tables=..., oracle=..., mutations=..., cli=...)``: the source format (the family's
 ``source`` module), the tables (``KeyTables``), the oracle (``Reference``), the family's own bugs (its ``mutants``
-module) and its CLI flags (``Flags``). The registry (``harness.registry``) checks each part against its protocol
+module), its CLI flags (``Flags``) and, optionally, ``facts``: what upstream conversion scripts take as flags, read
+from a source (``--converter`` templates). The registry (``harness.registry``) checks each part against its protocol
 at discovery. The flat members (``family.read``, ``family.convert``, ``family.reference``, ...) are the parts'
 own, so a layer reads the one part it needs.
 """
@@ -39,6 +40,8 @@ class Family:
     oracle: Oracle
     mutations: Mutations = NO_MUTATIONS
     cli: CliOptions = Flags()
+    # what upstream conversion scripts take as flags, from a source (``--converter`` templates): {"num_shards": "2"}
+    facts: Callable[[SourceCheckpoint], Mapping[str, str]] | None = None
 
     # the source format
     @property
