@@ -18,6 +18,7 @@ from harness import commands
 from harness.errors import ConversionError, brief
 from harness.io.raw_dtypes import CAST_DTYPES
 from harness.mapping.output import DEFAULT_SHARD_SIZE
+from harness.parity.external import DEFAULT_TIMEOUT
 from harness.registry import family, family_about, family_names
 from harness.signals import Terminated, signals_as_exceptions
 
@@ -135,6 +136,7 @@ def _parser(chosen: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("--report", type=Path, metavar="FILE.md", help="write a Markdown parity report: environment, "
                                                                       "command, every case against its tolerance")
     check.add_argument("--html", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
+    _add_converter_options(check)
     check.set_defaults(run=commands.check)
 
     gate = sub.add_parser("gate", help="check only the families changed since a git ref (for CI)",
@@ -148,7 +150,10 @@ def _parser(chosen: str | None = None) -> argparse.ArgumentParser:
     gate.add_argument("--json", type=Path, metavar="FILE", help="write every result, with environment, as JSON")
     gate.add_argument("--html", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
     gate.add_argument("--quiet", action="store_true", help="no progress bar")
+    gate.add_argument("--families", metavar="NAMES", help="comma-separated families to check instead of those the "
+                                                          "change touches (with --converter: those it converts)")
     _add_matrix_options(gate)
+    _add_converter_options(gate)
     gate.set_defaults(run=commands.gate)
 
     mutate = sub.add_parser("mutate", help="plant known converter bugs and check that parity catches each one",
@@ -205,6 +210,18 @@ def _add_matrix_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", help="comma-separated (default: cpu, and cuda where present; cuda is skipped, "
                                           "with the reason, where absent)")
     parser.add_argument("--dtypes", default=",".join(CAST_DTYPES), help="comma-separated (default: %(default)s)")
+
+
+def _add_converter_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("a converter convparity did not write")
+    group.add_argument("--converter", metavar="SPEC", help="convert each case with SPEC instead of convparity's own "
+                       "converter: a command template, run without a shell (e.g. 'python convert.py --input_dir "
+                       "{source} --output_dir {output} --num_shards {num_shards}'; placeholders: source, output, "
+                       "family, case, vocab_size, dtype and the family's facts), or module:function, called with the "
+                       "same as keyword arguments. Outcomes per case: PASS, FAIL, REFUSED, UNLOADABLE, TIMEOUT")
+    group.add_argument("--converter-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help="stop the converter (its whole process group) after this long on one case "
+                            "(default: %(default)g)")
 
 
 _VERIFY_ABOUT = """\

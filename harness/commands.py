@@ -15,6 +15,8 @@ from harness.registry import Family, families, family
 from harness.terminal import colour, paint_status
 
 if TYPE_CHECKING:  # the parity layer (torch, transformers) loads only for the commands that run it
+    from harness.parity.check import RoundTrip
+    from harness.parity.external import ExternalConverter
     from harness.parity.parity import ParityResult
 
 __all__ = ["check", "convert", "describe", "gate", "list_families", "mutate", "verify"]
@@ -101,12 +103,19 @@ def check(args: argparse.Namespace) -> int:
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
     dtypes = _choices(args.dtypes, CAST_DTYPES, "dtype")
     devs = _devices(args.devices)
+    converter = _converter(args)
     start = time.perf_counter()
     print(_ROW.format("family", "case", "device", "dtype", "max_abs", "cosine", "top1", "kl", "status"))
     results: list[ParityResult] = []
+    notes: list[str] = []  # an outside converter's casts, judged as casts
     for fam in chosen:
-        d = Diagnoser(fam, on_result=lambda r: print(_row(r), flush=True))
-        results += check_family(fam, devs, dtypes, on_round_trip=d.round_trip, on_result=d.result)
+        def note(rt: RoundTrip, name: str = fam.name) -> None:
+            if rt.note:
+                notes.append(f"{name}/{rt.case}: {rt.note}")
+
+        d = Diagnoser(fam, on_round_trip=note, on_result=lambda r: print(_row(r), flush=True))
+        results += check_family(fam, devs, dtypes, on_round_trip=d.round_trip, on_result=d.result,
+                                converter=converter)
     failed = [r for r in results if r.status == "FAIL"]
     ran = [r for r in results if not r.skipped]
     print(f"\n{len(ran) - len(failed)} passed, {len(failed)} failed, {len(results) - len(ran)} skipped "
@@ -118,21 +127,48 @@ def check(args: argparse.Namespace) -> int:
         print(f"FAIL {r.family}-{r.case}-{r.device}-{r.dtype}: {'; '.join(r.violations)}{where}")
         if r.diagnosis:
             print(f"  diagnosis: {r.diagnosis}")
+    lines = _converter_lines(converter, results, notes)
+    for line in lines:
+        print(line)
+    extra = None
+    if converter is not None:
+        from harness.parity.outcomes import case_outcomes
+
+        extra = {"converter": converter.spec, "cases": [vars(o) for o in case_outcomes(results)], "notes": notes}
     if args.json:
-        write_json(results, args.json)
+        write_json(results, args.json, extra)
     if args.report:
-        write_markdown(results, args.report)
+        write_markdown(results, args.report, extra_lines=[f"- {line.strip()}" for line in lines])
     if args.html:
-        write_html(check_page(results), args.html)
+        write_html(check_page(results, notes=[line.strip() for line in lines if line.strip()]), args.html)
     return 1 if failed else 0
+
+
+def _converter(args: argparse.Namespace) -> ExternalConverter | None:
+    from harness.parity.external import ExternalConverter
+
+    return ExternalConverter(args.converter, args.converter_timeout) if args.converter else None
+
+
+def _converter_lines(converter: ExternalConverter | None, results: list[ParityResult], notes: list[str]) -> list[str]:
+    """With --converter: the converter, each case's outcome (the README's table), and each cast judged as one."""
+    if converter is None:
+        return []
+    from harness.parity.outcomes import case_outcomes, format_outcomes
+
+    return ([f"\nconverter: {converter.spec}", "outcome per case:"]
+            + [f"  {line}" for line in format_outcomes(case_outcomes(results))]
+            + [f"note: {note}" for note in notes])
 
 
 def gate(args: argparse.Namespace) -> int:
     from harness.gate import run_gate
 
-    return run_gate(args.base, families(), _devices(args.devices),
+    known = families()
+    chosen = _choices(args.families, list(known), "family") if args.families else None
+    return run_gate(args.base, known, _devices(args.devices),
                     _choices(args.dtypes, CAST_DTYPES, "dtype"), junit=args.junit, markdown=args.markdown,
-                    json_path=args.json, html=args.html, quiet=args.quiet)
+                    json_path=args.json, html=args.html, quiet=args.quiet, only=chosen, converter=_converter(args))
 
 
 def mutate(args: argparse.Namespace) -> int:
@@ -175,9 +211,9 @@ _ROW = "{:<9} {:<16} {:<6} {:<9} {:>9} {:>11} {:>6} {:>9}  {}"
 
 
 def _row(r: ParityResult) -> str:
-    if r.metrics is None:
-        return _ROW.format(r.family, r.case, r.device, r.dtype, "-", "-", "-", "-", paint_status(r.status, r.status,
-                                                                                                 colour()))
+    if r.metrics is None:  # skipped, or no parity ran (REFUSED, UNLOADABLE, TIMEOUT)
+        return _ROW.format(r.family, r.case, r.device, r.dtype, "-", "-", "-", "-",
+                           paint_status(r.not_run or r.status, r.status, colour()))
     m = r.metrics
     return _ROW.format(r.family, r.case, r.device, r.dtype, f"{m.max_abs:.2e}", f"{m.cosine:.8f}",
                        f"{m.top1:.3f}", f"{m.kl:.1e}", paint_status(r.status, r.status, colour()))

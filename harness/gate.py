@@ -12,16 +12,21 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import ConversionError
 from harness.mutation.on_failure import Diagnoser
 from harness.parity.check import RoundTrip, check_family
 from harness.parity.html_report import check_page, write_html
+from harness.parity.outcomes import case_outcomes
 from harness.parity.parity import ParityResult
 from harness.parity.report import write_json, write_junit, write_markdown
 from harness.parity.snapshot import case_snapshot, check_snapshot
 from harness.registry import Family
 from harness.terminal import counter
+
+if TYPE_CHECKING:
+    from harness.parity.external import ExternalConverter
 
 __all__ = ["SHARED", "affected_families", "changed_files", "run_gate"]
 
@@ -62,18 +67,28 @@ def affected_families(changed: Sequence[str], known: Sequence[str]) -> dict[str,
 
 def run_gate(base: str, families: dict[str, Family], devices: list[str], dtypes: list[str],
              junit: Path | None = None, markdown: Path | None = None, repo: Path | None = None,
-             json_path: Path | None = None, html: Path | None = None, quiet: bool = False) -> int:
-    """Run the matrix and snapshots for the families affected since ``base``; 0 when all pass."""
-    if repo is None:
+             json_path: Path | None = None, html: Path | None = None, quiet: bool = False,
+             only: list[str] | None = None, converter: ExternalConverter | None = None) -> int:
+    """Run the matrix and snapshots for the families affected since ``base`` (or ``only`` those); 0 when all pass.
+
+    With ``converter`` an outside converter makes each case's directory; the golden snapshots, which record
+    convparity's own converters, are not checked then.
+    """
+    if repo is None and (only is None or converter is None):
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True)
         if top.returncode != 0:
             raise ConversionError("convparity gate runs inside a git checkout of the converters it checks")
         repo = Path(top.stdout.strip())
-    changed = changed_files(base, repo)
-    scope = affected_families(changed, list(families))
-    print(f"{len(changed)} file(s) changed since {base}; families to check: {', '.join(scope) or 'none'}")
-    for fam, why in scope.items():
-        print(f"  {fam}: {why}")
+    if only is not None:
+        scope = dict.fromkeys(only, "--families")
+        print(f"families to check: {', '.join(scope)} (--families)")
+    else:
+        assert repo is not None
+        changed = changed_files(base, repo)
+        scope = affected_families(changed, list(families))
+        print(f"{len(changed)} file(s) changed since {base}; families to check: {', '.join(scope) or 'none'}")
+        for fam, why in scope.items():
+            print(f"  {fam}: {why}")
     results: list[ParityResult] = []
     snapshots: dict[tuple[str, str], list[str]] = {}
     cells = sum(len(families[name].cases) for name in scope) * len(devices) * len(dtypes)
@@ -82,14 +97,20 @@ def run_gate(base: str, families: dict[str, Family], devices: list[str], dtypes:
             fam = families[name]
 
             def snap(rt: RoundTrip, fam: Family = fam) -> None:
-                golden = repo / "golden" / fam.name / f"{rt.case}.json"
-                snapshots[fam.name, rt.case] = check_snapshot(case_snapshot(fam, rt), golden)
+                if converter is None and repo is not None:
+                    golden = repo / "golden" / fam.name / f"{rt.case}.json"
+                    snapshots[fam.name, rt.case] = check_snapshot(case_snapshot(fam, rt), golden)
 
             d = Diagnoser(fam, on_round_trip=snap, on_result=tick)
-            results += check_family(fam, devices, dtypes, on_round_trip=d.round_trip, on_result=d.result)
+            results += check_family(fam, devices, dtypes, on_round_trip=d.round_trip, on_result=d.result,
+                                    converter=converter)
     failed = [r for r in results if r.status == "FAIL"] + [k for k, v in snapshots.items() if v]
     lines = [f"- base: `{base}`; families: {', '.join(f'{f} ({w})' for f, w in scope.items()) or 'none'}",
              f"- golden snapshots: {len(snapshots)} checked, {sum(1 for p in snapshots.values() if p)} differ"]
+    if converter is not None:
+        lines[1] = (f"- converter: `{converter.spec}` (golden snapshots not checked: they record convparity's own "
+                    f"converters)")
+        lines += [f"- {o.family}/{o.case}: **{o.outcome}** {o.detail}".rstrip() for o in case_outcomes(results)]
     lines += [f"- snapshot **{f}/{c}**: {'; '.join(p)}" for (f, c), p in snapshots.items() if p]
     if junit:
         write_junit(results, junit, snapshots)

@@ -1,7 +1,8 @@
 """convparity's pytest plugin, registered through the ``pytest11`` entry point: installing is enough.
 
-Options select the parity matrix (``--families``, ``--devices``, ``--dtypes``) and regenerate goldens on
-purpose (``--update-golden``); the ``cuda`` marker skips with a reason where no GPU exists. Fixtures are thin
+Options select the parity matrix (``--families``, ``--devices``, ``--dtypes``), regenerate goldens on
+purpose (``--update-golden``) and name a converter convparity did not write (``--converter``, for the
+``convparity_converter`` fixture); the ``cuda`` marker skips with a reason where no GPU exists. Fixtures are thin
 factories over harness functions; nothing heavy is imported until a fixture is used.
 """
 
@@ -26,6 +27,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "the tests still fail so that the new goldens are reviewed")
     group.addoption("--golden-dir", metavar="DIR", type=Path,
                     help="where golden snapshots live (default: <rootdir>/golden)")
+    group.addoption("--converter", metavar="SPEC", help="a converter convparity did not write, for the "
+                    "convparity_converter fixture: a command template ({source}, {output}, the case's facts) or "
+                    "module:function, as for `convparity check --converter`")
+    group.addoption("--converter-timeout", metavar="SECONDS", type=float, default=300.0,
+                    help="stop --converter after this long on one case (default: %(default)g)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -90,6 +96,33 @@ def convparity_diagnose(convparity_round_trip: Callable[[str, str], Any]) -> Cal
     from harness.registry import family
 
     return lambda name, case: diagnose_case(family(name), case, convparity_round_trip(name, case).model_dir)
+
+
+@pytest.fixture
+def convparity_converter(request: pytest.FixtureRequest) -> Callable[[str, str], list[Any]]:
+    """``check(family, case)``: the case through ``--converter`` (skipped without one), held to parity in the
+    ``--devices`` x ``--dtypes`` matrix, failures diagnosed; each ``ParityResult.outcome`` is PASS, FAIL, REFUSED,
+    UNLOADABLE, TIMEOUT or SKIP."""
+    spec = request.config.getoption("--converter")
+    if not spec:
+        pytest.skip("no --converter given")
+    from harness.io.raw_dtypes import CAST_DTYPES
+    from harness.mutation.on_failure import Diagnoser
+    from harness.parity.check import check_family
+    from harness.parity.external import ExternalConverter
+    from harness.parity.parity import devices
+    from harness.registry import family
+
+    converter = ExternalConverter(spec, request.config.getoption("--converter-timeout"))
+    devs = sorted(_split(request.config.getoption("--devices")) or devices())
+    dtypes = sorted(_split(request.config.getoption("--dtypes")) or CAST_DTYPES)
+
+    def check(name: str, case: str) -> list[Any]:
+        d = Diagnoser(family(name))
+        return check_family(family(name), devs, dtypes, [case], on_round_trip=d.round_trip, on_result=d.result,
+                            converter=converter)
+
+    return check
 
 
 @pytest.fixture

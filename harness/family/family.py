@@ -115,6 +115,10 @@ class Family:
     def upstream_options(self) -> tuple[str, ...]:
         return self.cli.upstream
 
+    @property
+    def facts(self) -> Callable[[SourceCheckpoint], Mapping[str, str]] | None:
+        return self.cli.facts
+
     def option_names(self) -> list[str]:
         """The keyword each option reaches ``read`` as (``--vocab-size`` -> ``vocab_size``)."""
         return [flag.lstrip("-").replace("-", "_") for flag in self.options]

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.family.family import Family
+from harness.mapping.conversion import SourceCheckpoint
 from harness.mutation.diagnosis import diagnose
-from harness.mutation.runner import cases_for, prepare
+from harness.mutation.runner import case_run, cases_for, prepare
 from harness.parity.check import RoundTrip
 from harness.parity.parity import ParityResult
 from harness.parity.points import unsupported
@@ -24,12 +25,14 @@ AGREE = ("every sub-module agrees with the reference in float32 when fed its inp
          "low-precision compute, not from a converted tensor or config field")
 
 
-def diagnose_case(family: Family, case: str, model_dir: Path) -> str:
-    """The diagnosis of ``model_dir``, a conversion of ``case``'s tiny source, as one line."""
+def diagnose_case(family: Family, case: str, model_dir: Path, source: SourceCheckpoint | None = None) -> str:
+    """The diagnosis of ``model_dir``, a conversion of ``case``'s tiny source, as one line; ``source``: that source
+    as the reference must read it (an outside converter's cast applied), where not the case's own as written."""
     if (why := unsupported()) is not None:
         return why
     with tempfile.TemporaryDirectory(prefix="convparity-diagnose-") as d:
-        run = prepare(family, case, cases_for(family)[case], Path(d))
+        run = prepare(family, case, cases_for(family)[case], Path(d)) if source is None else (
+            case_run(family, case, source))
         found = diagnose(family, run, model_dir, Path(d))
     return AGREE if found is None else found.summary()
 
@@ -49,9 +52,10 @@ class Diagnoser:
             self.on_round_trip(rt)
 
     def result(self, r: ParityResult) -> None:
-        if r.status == "FAIL" and self.current is not None and self.current.case == r.case:
+        if r.status == "FAIL" and not r.not_run and self.current is not None and self.current.case == r.case:
             if r.case not in self.found:
-                self.found[r.case] = diagnose_case(self.family, r.case, self.current.model_dir)
+                rt = self.current
+                self.found[r.case] = diagnose_case(self.family, r.case, rt.model_dir, rt.source)
             r.diagnosis = self.found[r.case]
         if self.on_result is not None:
             self.on_result(r)

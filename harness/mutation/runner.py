@@ -44,7 +44,7 @@ from harness.parity.parity import ReferenceMemo, load_converted, make_tokens, ru
 from harness.parity.report import write_document
 from harness.terminal import bar
 
-__all__ = ["BATCH", "SEQ", "CaseRun", "Record", "cases_for", "evaluate", "mutants_for", "plant", "prepare",
+__all__ = ["BATCH", "SEQ", "CaseRun", "Record", "case_run", "cases_for", "evaluate", "mutants_for", "plant", "prepare",
            "run_family", "run_mutate", "summary", "write_mutable"]
 
 BATCH, SEQ = 2, 32  # long enough that rotary-frequency and position errors reach the logits
@@ -105,7 +105,11 @@ def prepare(family: Family, name: str, case: Case, workdir: Path, seed: int = 0)
     if isinstance(case, MutationCase) and case.scale:
         tiny.tensors = TensorStore.from_dict({k: _scaled(k, tiny.tensors[k], case.scale) for k in tiny.tensors})
     family.write(tiny, source_dir, container=case.container)
-    source = family.read(source_dir)
+    return case_run(family, name, family.read(source_dir))
+
+
+def case_run(family: Family, name: str, source: SourceCheckpoint) -> CaseRun:
+    """``source`` (as read back from disk, or rounded as a checkpoint stores it) with its clean conversion."""
     converted = family.convert(source)
     clean = Mutable.of(converted, source.config)
     vocab = int(converted.config["vocab_size"])

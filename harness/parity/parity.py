@@ -46,6 +46,7 @@ class ParityResult:
     # per hidden state then the logits: {"name", "rel" (max abs error / scale), "bound", "noise"}, all relative
     per_layer: list[dict[str, Any]] = field(default_factory=list)
     diagnosis: str | None = None  # where a failure is: set by the front ends (harness.mutation.on_failure)
+    not_run: str | None = None  # REFUSED / UNLOADABLE / TIMEOUT: a failed cell that never reached parity
 
     @property
     def passed(self) -> bool:
@@ -54,6 +55,11 @@ class ParityResult:
     @property
     def status(self) -> str:
         return "skip" if self.skipped else ("pass" if self.passed else "FAIL")
+
+    @property
+    def outcome(self) -> str:
+        """What a user acts on: PASS, FAIL (parity), REFUSED, UNLOADABLE, TIMEOUT (no parity ran), or SKIP."""
+        return "SKIP" if self.skipped else "PASS" if self.passed else self.not_run or "FAIL"
 
 
 def cuda_skip_reason() -> str | None:
@@ -131,9 +137,11 @@ def load_converted(model_dir: Path, device: str, dtype: str, family: Family | No
     hook = family.loading if family is not None else None
     context = hook(json.loads((model_dir / "config.json").read_text())) if hook else nullcontext()
     with context:
+        # trust_remote_code=False: a directory asking for its own code is refused at once, never prompted for
         model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype],
                                                            output_loading_info=True,
-                                                           ignore_mismatched_sizes=report is not None)
+                                                           ignore_mismatched_sizes=report is not None,
+                                                           trust_remote_code=False)
     bad = {k: v for k, v in info.items() if v}
     if report is not None:
         report.update({k.removesuffix("_keys"): sorted(n[0] if isinstance(n, tuple) else n for n in v)

@@ -42,6 +42,7 @@ def record(r: ParityResult) -> dict[str, Any]:
     """One result as plain data (the JSON report's rows)."""
     tol = r.tolerance
     return {"family": r.family, "case": r.case, "device": r.device, "dtype": r.dtype, "status": r.status,
+            "outcome": r.outcome,
             "metrics": r.metrics.as_dict() if r.metrics else None,
             "tolerance": {**asdict(tol), "max_abs_bound": tol.max_abs_bound(r.noise)} if tol else None,
             "noise_floor": r.noise, "violations": r.violations, "first_divergent_layer": r.first_divergent_layer,
@@ -80,7 +81,8 @@ def write_markdown(results: Sequence[ParityResult], path: Path, title: str = "co
              "| KL (max) | source sha256 | status |", "|" + "---|" * 11]
     for r in results:
         if r.metrics is None or r.tolerance is None:
-            lines.append(f"| {r.family} | {r.case} | {r.device} | {r.dtype} | | | | | | | skip |")
+            status = "skip" if r.skipped else f"**{r.outcome}**"
+            lines.append(f"| {r.family} | {r.case} | {r.device} | {r.dtype} | | | | | | | {status} |")
             continue
         m, t = r.metrics, r.tolerance
         lines.append(f"| {r.family} | {r.case} | {r.device} | {r.dtype} | {m.max_abs:.2e} "

@@ -33,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 from harness.errors import ConversionError
 from harness.io.tensor_store import load_pickle, safetensors_dtypes
 
-__all__ = ["StreamedModel", "StreamedOutput", "Unit"]
+__all__ = ["StreamedModel", "StreamedOutput", "Unit", "stored_dtypes"]
 
 
 @dataclass
@@ -81,7 +81,8 @@ class StreamedModel:
         else:
             self.files, dtypes = dict(tensors), {k: t.dtype for k, t in tensors.items()}
         self.stored = dtypes  # checkpoint key -> the dtype it is stored in
-        config = config if config is not None else AutoConfig.from_pretrained(self.model_dir)
+        if config is None:  # trust_remote_code=False: a directory asking for its own code is refused, never prompted
+            config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=False)
         with loading(config.to_dict()) if loading else nullcontext(), init_empty_weights():
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.model.eval()
@@ -203,6 +204,11 @@ class _InPlaceLog(TorchFunctionMode):
             for name in params:
                 for func, args, kwargs in self.ops.get(name, []):
                     func(model.get_parameter(name), *args, **kwargs)
+
+
+def stored_dtypes(folder: Path) -> dict[str, torch.dtype]:
+    """Checkpoint key -> the dtype a transformers directory stores it in (safetensors: from the headers alone)."""
+    return _weight_files(folder)[1]
 
 
 def _set_param(model: nn.Module, name: str, param: nn.Parameter) -> None:

@@ -108,6 +108,9 @@ class VerifyResult:
     blocks: list[Comparison] = field(default_factory=list)
     routing: list[Routing] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    # beyond a bound, but only at or after a block where routing flipped at a near-tie: rounding legitimately
+    # sent tokens to other experts there, so nothing after it can be told apart from a fault (INCONCLUSIVE)
+    unresolved: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     rounding: str = ""  # what the declared cast rounds ("" when the conversion keeps the source's dtypes)
     power: dict[str, Any] | None = None  # verify --power: harness.parity.power.Power.as_dict()
@@ -128,6 +131,8 @@ class VerifyResult:
     def verdict(self) -> str:
         if self.logits is None or self.violations:
             return "FAIL"
+        if self.unresolved:
+            return "INCONCLUSIVE"
         if self.measured_power:  # what this run was measured to catch decides, whatever its bound's size
             return "PASS" if self.power["applicable"] and not self.power["survivors"] else "INCONCLUSIVE"
         return "PASS" if self.resolution <= RESOLUTION else "INCONCLUSIVE"
@@ -147,6 +152,11 @@ class VerifyResult:
 
     def undecided(self) -> str:
         """Why an INCONCLUSIVE run decided nothing, and what would decide."""
+        if self.unresolved:
+            flips = sum(r.near_ties for r in self.routing)
+            return (f"INCONCLUSIVE: {'; '.join(self.unresolved)}; but {flips} token(s) went to other experts at "
+                    f"near-ties of the reference's router before that point (rounding, not a fault), so that "
+                    f"divergence proves nothing either way; rerun with --compute-dtype float32 to decide")
         if self.measured_power:
             survivors = ", ".join(self.power["survivors"]) or "none applicable"
             return (f"INCONCLUSIVE: nothing is beyond its bound, but these planted faults were not caught either: "
