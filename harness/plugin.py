@@ -106,15 +106,16 @@ def convparity_converter(request: pytest.FixtureRequest) -> Callable[[str, str],
     spec = request.config.getoption("--converter")
     if not spec:
         pytest.skip("no --converter given")
+    from harness.io.raw_dtypes import CAST_DTYPES
     from harness.mutation.on_failure import Diagnoser
-    from harness.parity.check import DEFAULT_DTYPES, check_family
+    from harness.parity.check import check_family
     from harness.parity.external import ExternalConverter
     from harness.parity.parity import devices
     from harness.registry import family
 
     converter = ExternalConverter(spec, request.config.getoption("--converter-timeout"))
     devs = sorted(_split(request.config.getoption("--devices")) or devices())
-    dtypes = sorted(_split(request.config.getoption("--dtypes")) or DEFAULT_DTYPES)
+    dtypes = sorted(_split(request.config.getoption("--dtypes")) or CAST_DTYPES)
 
     def check(name: str, case: str) -> list[Any]:
         d = Diagnoser(family(name))

@@ -7,4 +7,4 @@ __all__ = ["FAMILY"]
 
 FAMILY = Family("gemma", __doc__.strip(), source=source, tables=convert.TABLES, mutations=mutants,
                 oracle=Reference("converters.gemma.reference", points.POINTS),
-                cli=Flags(source.OPTIONS), facts=facts.facts)
+                cli=Flags(source.OPTIONS, facts=facts.facts))

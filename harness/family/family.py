@@ -2,8 +2,7 @@
 
 ``Family(name, about, source=..., tables=..., oracle=..., mutations=..., cli=...)``: the source format (the family's
 ``source`` module), the tables (``KeyTables``), the oracle (``Reference``), the family's own bugs (its ``mutants``
-module), its CLI flags (``Flags``) and, optionally, ``facts``: what upstream conversion scripts take as flags, read
-from a source (``--converter`` templates). The registry (``harness.registry``) checks each part against its protocol
+module) and its CLI flags (``Flags``). The registry (``harness.registry``) checks each part against its protocol
 at discovery. The flat members (``family.read``, ``family.convert``, ``family.reference``, ...) are the parts'
 own, so a layer reads the one part it needs.
 """
@@ -40,8 +39,6 @@ class Family:
     oracle: Oracle
     mutations: Mutations = NO_MUTATIONS
     cli: CliOptions = Flags()
-    # what upstream conversion scripts take as flags, from a source (``--converter`` templates): {"num_shards": "2"}
-    facts: Callable[[SourceCheckpoint], Mapping[str, str]] | None = None
 
     # the source format
     @property
@@ -117,6 +114,10 @@ class Family:
     @property
     def upstream_options(self) -> tuple[str, ...]:
         return self.cli.upstream
+
+    @property
+    def facts(self) -> Callable[[SourceCheckpoint], Mapping[str, str]] | None:
+        return self.cli.facts
 
     def option_names(self) -> list[str]:
         """The keyword each option reaches ``read`` as (``--vocab-size`` -> ``vocab_size``)."""

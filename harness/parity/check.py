@@ -30,9 +30,7 @@ if TYPE_CHECKING:
 
     from harness.parity.external import ExternalConverter, Refusal
 
-__all__ = ["DEFAULT_DTYPES", "RoundTrip", "check_family", "hash_files", "round_trip", "write_case"]
-
-DEFAULT_DTYPES = ("float32", "bfloat16", "float16")
+__all__ = ["RoundTrip", "check_family", "hash_files", "round_trip", "write_case"]
 
 
 @dataclass
