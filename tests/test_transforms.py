@@ -1,4 +1,5 @@
-"""Every transform pair: the inverse undoes the forward bit for bit, and element counts are kept."""
+"""The transforms: what each rearrangement does, and, through the rule that runs it, that the inverse derived from
+its one layout undoes it bit for bit (``harness.mapping.rules.moves_data``); the computing pairs round-trip."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.mapping import transforms as T
+from harness.mapping.rules import CutVocab, GroupQKV, MergeRanks, Replicated, Rotary, Split, Unstack
 
 small = st.integers(min_value=1, max_value=5)
 
@@ -21,7 +23,8 @@ def test_rotary_permutation_round_trips(n_heads: int, half: int, cols: int, bias
     w = _rand(n_heads * 2 * half) if bias else _rand(n_heads * 2 * half, cols)
     out = T.permute_rotary(w, n_heads, 2 * half)
     assert out.shape == w.shape
-    assert torch.equal(T.invert_rows(lambda rows: T.permute_rotary(rows, n_heads, 2 * half), out), w)
+    rule = Rotary("a", "b", heads="h")
+    assert torch.equal(rule.inverse([out], {"h": n_heads, "head_dim": 2 * half})[0], w)
 
 
 def test_rotary_permutation_moves_even_rows_first() -> None:
@@ -35,7 +38,8 @@ def test_split_qkv_round_trips(kv: int, group: int, head_dim: int, cols: int) ->
     w = _rand((heads + 2 * kv) * head_dim, cols)
     q, k, v = T.split_qkv(w, heads, kv, head_dim)
     assert (q.shape[0], k.shape[0], v.shape[0]) == (heads * head_dim, kv * head_dim, kv * head_dim)
-    assert torch.equal(T.merge_qkv(q, k, v), w)
+    assert torch.equal(Split("a", "qkv").inverse([q, k, v], {"n_heads": heads, "n_kv_heads": kv,
+                                                               "head_dim": head_dim})[0], w)
 
 
 def test_split_qkv_rejects_wrong_row_count() -> None:
@@ -43,12 +47,14 @@ def test_split_qkv_rejects_wrong_row_count() -> None:
         T.split_qkv(torch.zeros(10, 2), 2, 1, 3)
 
 
-@given(heads=small, head_dim=small, cols=small)
-def test_group_qkv_round_trips(heads: int, head_dim: int, cols: int) -> None:
-    w = _rand(3 * heads * head_dim, cols)
-    out = T.group_qkv_by_kind(w, heads, head_dim)
-    assert out.numel() == w.numel()
-    assert torch.equal(T.group_qkv_by_head(out, heads, head_dim), w)
+@given(heads=small, head_dim=small, cols=small, transpose=st.booleans())
+def test_group_qkv_round_trips(heads: int, head_dim: int, cols: int, transpose: bool) -> None:
+    w, rule, dims = _rand(3 * heads * head_dim, cols), GroupQKV("a", "b", transpose=transpose), {"n_heads": heads,
+                                                                                                "head_dim": head_dim}
+    (out,) = rule.forward([w], dims)
+    assert out.numel() == w.numel() and torch.equal(out, T.group_qkv_by_kind(w, heads, head_dim).t() if transpose
+                                                    else T.group_qkv_by_kind(w, heads, head_dim))
+    assert torch.equal(rule.inverse([out], dims)[0], w)
 
 
 def test_group_qkv_puts_all_queries_first() -> None:
@@ -59,16 +65,18 @@ def test_group_qkv_puts_all_queries_first() -> None:
 
 @given(experts=small, rows=small, cols=small, transpose=st.booleans())
 def test_experts_round_trip(experts: int, rows: int, cols: int, transpose: bool) -> None:
-    w = _rand(experts * rows, cols)
-    blocks = T.unstack_experts(w, experts, transpose)
+    w, rule = _rand(experts * rows, cols), Unstack("a", "b.{expert}", transpose_blocks=transpose)
+    blocks = rule.forward([w], {"n_experts": experts})
     assert len(blocks) == experts and sum(b.numel() for b in blocks) == w.numel()
-    assert torch.equal(T.stack_experts(blocks, transpose), w)
+    assert all(b.shape == ((cols, rows) if transpose else (rows, cols)) for b in blocks)
+    assert torch.equal(rule.inverse(blocks, {"n_experts": experts})[0], w)
 
 
 @given(rows=small, extra=st.integers(0, 4), cols=small)
 def test_vocab_cut_round_trips_zero_padding(rows: int, extra: int, cols: int) -> None:
     w = torch.cat([_rand(rows, cols), torch.zeros(extra, cols)])
-    assert torch.equal(T.pad_vocab(T.cut_vocab(w, rows), rows + extra), w)
+    rule, dims = CutVocab("a", "b"), {"vocab_size": rows, "padded_vocab_size": rows + extra}
+    assert torch.equal(rule.inverse(rule.forward([w], dims), dims)[0], w)
 
 
 def test_cut_vocab_rejects_larger_vocab() -> None:
@@ -100,15 +108,17 @@ def test_rank_merge_round_trips(ranks: int, rows: int, cols: int, dim: int) -> N
     merged = T.concat_ranks(stacked, dim)
     assert merged.numel() == stacked.numel()
     assert merged.shape == ((ranks * rows, cols) if dim == 0 else (rows, ranks * cols))
-    assert torch.equal(T.split_ranks(merged, ranks, dim), stacked)
-    assert torch.equal(T.concat_ranks(T.split_ranks(merged, ranks, dim), dim), merged)
+    rule = MergeRanks("a", "b", dim=dim, ranks="ranks")
+    assert torch.equal(rule.forward([stacked], {})[0], merged)
+    assert torch.equal(rule.inverse([merged], {"ranks": ranks})[0], stacked)
 
 
 @given(ranks=small, n=small)
 def test_replicated_rank_round_trips(ranks: int, n: int) -> None:
     w = _rand(n)
-    stacked = T.replicate_rank(w, ranks)
-    assert stacked.shape == (ranks, n) and torch.equal(T.first_rank(stacked), w)
+    rule = Replicated("a", "b", ranks="ranks")
+    (stacked,) = rule.inverse([w], {"ranks": ranks})
+    assert stacked.shape == (ranks, n) and torch.equal(rule.forward([stacked], {})[0], w)
 
 
 def test_rank_merge_joins_slices_in_rank_order() -> None:
@@ -118,4 +128,4 @@ def test_rank_merge_joins_slices_in_rank_order() -> None:
     assert T.concat_ranks(stacked, 1).tolist() == [[0, 1, 4, 5], [2, 3, 6, 7]]
     assert T.concat_ranks(torch.empty(8, 3, 5, device="meta"), 1).shape == (3, 40)
     with pytest.raises(ValueError, match="does not split into 3 equal rank slices"):
-        T.split_ranks(torch.zeros(4, 2), 3, 0)
+        MergeRanks("a", "b", dim=0, ranks="r").inverse([torch.zeros(4, 2)], {"r": 3})

@@ -52,7 +52,7 @@ def qkv_not_regrouped(m: Mutable) -> None:
     """Megatron's per-head [head, (q, k, v), hd] rows taken as GPT-2's [q | k | v] (no
     ``fix_query_key_value_ordering``; fact 4: errors 8-12)."""
     def plain(step: Step, src: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [transforms.transpose(src[0]) if step.rule.transpose else src[0]]
+        return [transforms.transpose(src[0]) if step.rule.transposes else src[0]]
 
     rerun(m, GroupQKV, plain)
 

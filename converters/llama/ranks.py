@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from harness.errors import ConversionError
 from harness.io.stacked_store import stacked_store
 from harness.io.tensor_store import TensorStore, open_torch
-from harness.mapping import transforms
+from harness.mapping.rules import MergeRanks, Replicated
 
 if TYPE_CHECKING:
     import torch
@@ -50,13 +50,14 @@ def local_shape(shape: tuple[int, ...], dim: int | None, ranks: int) -> tuple[in
 def reshard(name: str, stacked: torch.Tensor, ranks: int, layout: str) -> torch.Tensor:
     """A tensor stacked by rank, re-split for ``ranks`` rank files (``write`` at another model-parallel degree)."""
     dim = split_dim(name, layout)
-    if dim is None:
-        return transforms.replicate_rank(transforms.first_rank(stacked), ranks)
-    merged = transforms.concat_ranks(stacked, dim)
-    if merged.shape[dim] % ranks:
+    rule = Replicated(name, name, ranks="ranks") if dim is None else MergeRanks(name, name, dim=dim, ranks="ranks")
+    (merged,) = rule.forward([stacked], {})
+    try:  # the conversion's own rule, read backwards to another number of ranks
+        (resharded,) = rule.inverse([merged], {"ranks": ranks})
+    except ValueError:
         raise ConversionError(f"cannot write {name} {tuple(merged.shape)} as {ranks} rank files: dimension {dim} "
-                              f"does not split evenly (fairscale divide_and_check_no_remainder)")
-    return transforms.split_ranks(merged, ranks, dim)
+                              f"does not split evenly (fairscale divide_and_check_no_remainder)") from None
+    return resharded
 
 
 def rank_files(folder: Path) -> list[Path]:

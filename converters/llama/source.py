@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.llama import tokenizer
+from converters.llama.meta_tensors import meta_tensor_shapes
 from converters.llama.ranks import local_shape, model_parallel_size, open_ranks, rank_files, reshard, split_dim
 from harness.errors import ConversionError
 from harness.family.cases import Case
@@ -121,16 +122,9 @@ def shapes(config: dict[str, Any], layout: str = "default", ranks: int = 1) -> d
         if s[heads] % ranks:
             raise ConversionError(f"params.json: {heads} {s[heads]} does not split over {ranks} rank files; each rank "
                                   "holds whole heads (L2 201-204)")
-    D, V, F = s["dim"], s["vocab_size"], s["hidden_dim"]
-    q, kv = s["n_heads"] * s["head_dim"], s["n_kv_heads"] * s["head_dim"]
-    full: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (V, D)}
-    for i in range(s["n_layers"]):
-        p = f"layers.{i}."
-        full |= {p + "attention.wq.weight": (q, D), p + "attention.wk.weight": (kv, D),
-                 p + "attention.wv.weight": (kv, D), p + "attention.wo.weight": (D, q),
-                 p + "feed_forward.w1.weight": (F, D), p + "feed_forward.w2.weight": (D, F),
-                 p + "feed_forward.w3.weight": (F, D), p + "attention_norm.weight": (D,), p + "ffn_norm.weight": (D,)}
-    full |= {"norm.weight": (D,), "output.weight": (V, D)}
+    hd = s["head_dim"]
+    full = meta_tensor_shapes(s["n_layers"], s["dim"], s["vocab_size"], s["n_heads"] * hd, s["n_kv_heads"] * hd,
+                              s["hidden_dim"])
     if layout == "llama2":
         full["rope.freqs"] = (s["head_dim"] // 2,)  # a buffer of the Llama 1/2 training code, in every rank file
     return {k: (ranks, *local_shape(shape, split_dim(k, layout), ranks)) for k, shape in full.items()}

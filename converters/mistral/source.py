@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from converters.llama.meta_tensors import meta_tensor_shapes
 from converters.mistral.params import INDEX, PARAMS, weight_files, write_consolidated
 from harness.errors import ConversionError
 from harness.family.cases import Case
@@ -58,17 +59,9 @@ CASES: dict[str, Case] = {
 
 def shapes(config: dict[str, Any], layout: str = "default") -> dict[str, tuple[int, ...]]:
     """Every tensor upstream's ``Transformer`` holds (fact 2; transformer_layers.py L51-54, L101-103)."""
-    D, V, hd, I = config["dim"], config["vocab_size"], config["head_dim"], config["hidden_dim"]  # noqa: E741
-    q, kv = config["n_heads"] * hd, config["n_kv_heads"] * hd
-    out: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (V, D)}
-    for i in range(config["n_layers"]):
-        p = f"layers.{i}."
-        out |= {p + "attention.wq.weight": (q, D), p + "attention.wk.weight": (kv, D),
-                p + "attention.wv.weight": (kv, D), p + "attention.wo.weight": (D, q),
-                p + "feed_forward.w1.weight": (I, D), p + "feed_forward.w2.weight": (D, I),
-                p + "feed_forward.w3.weight": (I, D),
-                p + "attention_norm.weight": (D,), p + "ffn_norm.weight": (D,)}
-    return out | {"norm.weight": (D,), "output.weight": (V, D)}
+    hd = config["head_dim"]
+    return meta_tensor_shapes(config["n_layers"], config["dim"], config["vocab_size"], config["n_heads"] * hd,
+                              config["n_kv_heads"] * hd, config["hidden_dim"])
 
 
 def tiny(seed: int = 0, layout: str = "default", **overrides: Any) -> SourceCheckpoint:

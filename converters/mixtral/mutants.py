@@ -35,9 +35,9 @@ def fused_w2_not_transposed(m: Mutable) -> None:
     """The Hub's fused ``block_sparse_moe.w2`` cut into row blocks without transposing each one (README fact 10:
     row block e of w2 is w2_e transposed)."""
     def untransposed(step: Step, src: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        if not step.rule.transpose_blocks:
+        if not step.rule.transposes:
             return None
-        return transforms.unstack_experts(src[0], m.converted.dims[step.rule.count], transpose_blocks=False)
+        return transforms.unstack_experts(src[0], m.converted.dims[step.rule.count])
 
     rerun(m, Unstack, untransposed)
 

@@ -5,7 +5,8 @@ What a family author uses (``from harness.mapping import KeyMap``; imported on f
 - ``ConfigMap``, ``Field`` — ``harness.mapping.config_map``; value kinds and cross-field checks
   (``PositiveInt``, ``Divides``, ...) — ``harness.mapping.config_kinds``
 - ``KeyMap``, ``Layouts``, ``Step`` — ``harness.mapping.keymap``; rule kinds (``Rename``, ``Rotary``, ``Split``,
-  ``Unstack``, ``Drop``, ``Tie``, ...) — ``harness.mapping.rules``, their tensor work in ``transforms``
+  ``Unstack``, ``Drop``, ``Tie``, ...) — ``harness.mapping.rules``, one kind per module; a data-moving rule states
+  its layout once (``rules.moves_data``) from the rearrangements in ``transforms``
 - ``SourceCheckpoint``, ``Converted``, ``convert_with``, ``invert_with`` — ``harness.mapping.conversion``
 
 The harness's own: writing a conversion (``output``), and its torch-free path (``byte_plans``: each rule's outputs as

@@ -1,15 +1,16 @@
 """The rules whose outputs are their inputs' bytes rearranged, stated as pieces of those bytes: what lets a
 conversion run without torch.
 
-A rule that moves rows (``Rule.moves_rows``: a rename, the rotary permutation, the qkv split and grouping, expert
-blocks, the vocabulary cut, rank joins along rows, rank 0's copy) is planned by running its own forward on an array
-of row numbers: each output row is the input row it names, and consecutive rows become one run. The other layouts
-are a swap of a matrix's axes (``Transpose``, a transposing ``Unstack``) and a join of rank slices along a later
-axis (each output row is that row of every slice in turn). Each plan gives, per output, its shape and its pieces in
-order, positions counted in elements of the rule's inputs as if each were contiguous. Rules that compute values
-(dequantisation, a unit offset) have no plan: their conversions take the torch path.
-``tests/test_raw_conversion.py`` holds every plan to its rule's torch forward, bit for bit, on every family's tiny
-cases and on drawn shapes.
+A data-moving rule (``harness.mapping.rules.MovesData``) is planned from its one layout, run on the numbers of its
+input's segments: each output is the segments it names, in order, and consecutive segments become one run. Two
+shapes of that answer have a compact piece of their own: a whole input read as equal blocks and interleaved (rank
+slices joined along a later axis: each output row is that row of every slice in turn), and a transposing rule's
+output when it is one run before the transpose (a swap of a matrix's axes). Each plan gives, per output, its shape
+and its pieces in order, positions counted in elements of the rule's input as if it were contiguous. Rules that
+compute values (dequantisation, a unit offset) have no plan: their conversions take the torch path, as does a
+transposed output made of several runs (GPT-SW3's regrouped, transposed qkv). ``tests/test_raw_conversion.py``
+holds every plan to its rule's torch forward, bit for bit, on every family's tiny cases and on drawn layouts and
+shapes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from harness.mapping.rules import Dims, MergeRanks, Rule, Transpose, Unstack
+from harness.mapping.rules import Dims, MovesData, Rule
+from harness.mapping.rules.moves_data import output_shape
 
 __all__ = ["InterleavedRun", "PlannedPiece", "Run", "TransposedRun", "byte_plan"]
 
@@ -58,60 +60,45 @@ Output = tuple[Shape, list[PlannedPiece]]
 
 def byte_plan(rule: Rule, shapes: Sequence[Shape], dims: Dims) -> list[Output] | None:
     """Each output of ``rule`` on inputs of ``shapes`` as pieces of their elements; None when the rule computes or
-    the shapes are ones its forward refuses (the torch path then raises the error).
+    the shapes are ones its layout refuses (the torch path then raises the error).
 
     >>> from harness.mapping.rules import Rotary
     >>> [pieces for _, pieces in byte_plan(Rotary("a", "b", heads="h"), [(4, 1)], {"h": 1, "head_dim": 4})]
     [[Run(input=0, first=0, count=1), Run(input=0, first=2, count=1), Run(input=0, first=1, count=1), \
 Run(input=0, first=3, count=1)]]
     """
-    shapes = list(shapes)
-    if len(shapes) != 1:
+    if len(shapes) != 1 or not isinstance(rule, MovesData):
         return None
-    if rule.moves_rows:
-        return _moved_rows(rule, shapes[0], dims)
-    if isinstance(rule, Transpose | Unstack):
-        return _swapped(rule, shapes[0], dims)
-    if isinstance(rule, MergeRanks):
-        return _joined(rule, shapes[0])
-    return None
-
-
-def _moved_rows(rule: Rule, shape: Shape, dims: Dims) -> list[Output] | None:
-    """The rule's forward on the input's row numbers: where each output row comes from."""
-    rows, row = shape[: rule.row_dims], prod(shape[rule.row_dims:])
     try:
-        numbers = rule.forward([np.arange(prod(rows)).reshape(rows)], dims)
+        numbers, segment = rule.segments(tuple(shapes[0]), dims)
     except (ValueError, IndexError, KeyError, ZeroDivisionError):
         return None
-    return [((*n.shape, *shape[rule.row_dims:]), _runs(n.reshape(-1), row)) for n in numbers]
+    size, total = prod(segment), prod(shapes[0])
+    plan = []
+    for n in numbers:
+        shape, pieces = output_shape(n.shape, segment), _pieces(n, size, total)
+        if rule.transposes:
+            if len(shape) != 2 or len(pieces) != 1 or not isinstance(pieces[0], Run):
+                return None
+            shape, pieces = (shape[1], shape[0]), [TransposedRun(0, pieces[0].first, *shape)]
+        plan.append((shape, pieces))
+    return plan
 
 
-def _runs(numbers: np.ndarray, row: int) -> list[PlannedPiece]:
-    """Consecutive row numbers as one run each (computed on whole arrays: a rotary plan has a run per row)."""
+def _pieces(numbers: np.ndarray, size: int, total: int) -> list[PlannedPiece]:
+    """Segments of ``size`` elements, named by ``numbers``, as runs; a whole input interleaved as one piece."""
+    flat = numbers.reshape(-1)
+    if numbers.ndim >= 2 and flat.size * size == total and 1 < numbers.shape[-1] < flat.size:
+        blocks = numbers.shape[-1]
+        if np.array_equal(flat, np.arange(flat.size).reshape(blocks, -1).T.reshape(-1)):
+            return [InterleavedRun(0, blocks, flat.size // blocks)]
+    return _runs(flat, size)
+
+
+def _runs(numbers: np.ndarray, size: int) -> list[PlannedPiece]:
+    """Consecutive segment numbers as one run each (computed on whole arrays: a rotary plan has a run per row)."""
     if not numbers.size:
         return [Run(0, 0, 0)]
     starts = np.concatenate(([0], np.flatnonzero(np.diff(numbers) != 1) + 1))
     lengths = np.diff(np.append(starts, numbers.size))
-    return [Run(0, first * row, n * row) for first, n in zip(numbers[starts].tolist(), lengths.tolist(), strict=True)]
-
-
-def _swapped(rule: Transpose | Unstack, shape: Shape, dims: Dims) -> list[Output] | None:
-    """Each output the transpose of a row block of a matrix: the whole of it, or one expert's block."""
-    count = dims[rule.count] if isinstance(rule, Unstack) else 1
-    if len(shape) != 2 or count < 1 or shape[0] % count:
-        return None
-    size, cols = shape[0] // count, shape[1]
-    return [((cols, size), [TransposedRun(0, e * size * cols, size, cols)]) for e in range(count)]
-
-
-def _joined(rule: MergeRanks, shape: Shape) -> list[Output] | None:
-    """Slices stacked by rank, [ranks, *slice], joined along ``rule.dim`` of a slice."""
-    ranks, *piece = shape or (0,)
-    if not piece or not 0 <= rule.dim < len(piece):
-        return None
-    merged = (*piece[:rule.dim], ranks * piece[rule.dim], *piece[rule.dim + 1:])
-    rows = prod(piece[:rule.dim])
-    if rows == 1 or ranks == 1:  # a concatenation: the stacked bytes are already the merged ones
-        return [(merged, [Run(0, 0, prod(shape))])]
-    return [(merged, [InterleavedRun(0, ranks, rows)])]
+    return [Run(0, first * size, n * size) for first, n in zip(numbers[starts].tolist(), lengths.tolist(), strict=True)]

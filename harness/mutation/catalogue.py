@@ -195,7 +195,7 @@ def swap_attention_heads(m: Mutable) -> None:
 
     def fused(step: Step, src: list[torch.Tensor]) -> list[torch.Tensor] | None:
         w, hd = step.rule.forward(src, dims)[0], dims[step.rule.head_dim]
-        dim = 1 if step.rule.transpose and w.dim() == 2 else 0
+        dim = 1 if step.rule.transposes and w.dim() == 2 else 0
         return [swap_blocks(w, hd, 0, 1, dim)] if dims[step.rule.heads] >= 2 else None
 
     query = _query_rotary(m.converted.steps, dims)
@@ -254,7 +254,7 @@ def _swap_fused_qkv_blocks(m: Mutable, i: int, j: int) -> None:
     """Exchange blocks ``i`` and ``j`` of [q | k | v] in every GroupQKV output (the columns of a Conv1D c_attn)."""
     def fused(step: Step, src: list[torch.Tensor]) -> list[torch.Tensor]:
         w = step.rule.forward(src, m.converted.dims)[0]
-        dim = 1 if step.rule.transpose and w.dim() == 2 else 0
+        dim = 1 if step.rule.transposes and w.dim() == 2 else 0
         return [swap_blocks(w, w.shape[dim] // 3, i, j, dim)]
 
     rerun(m, GroupQKV, fused)
