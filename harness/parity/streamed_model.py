@@ -1,4 +1,4 @@
-"""A transformers model run straight from its checkpoint files, one unit at a time: memory near one block.
+"""A transformers model run straight from its checkpoint files, one unit at a time: memory near two blocks.
 
 The model is built empty from ``config.json`` (accelerate's ``init_empty_weights``: parameters on the meta
 device, buffers real). Its units, the decoder blocks and every other module with parameters (embeddings, final
@@ -11,6 +11,11 @@ same values, as the conversions only move data. Tied weights load with the unit 
 updates a forward makes outside any unit (RWKV's ``_rescale_layers``) are recorded on the meta parameters and
 replayed on each load. ``tests/test_verify.py`` pins this: logits equal to ``from_pretrained``'s bit for bit
 on every family's cases, float32 and bfloat16 checkpoints, transformers 4.57 and 5.x.
+
+Reading overlaps computing: once a unit is loaded, the next one's tensors are read from disk, as stored, on a
+thread (``ReadAhead``), while this one runs; loading them (renames, stacking, the device) stays on the main thread.
+The next unit is guessed from the order the units are defined in, then from the order the last run called them;
+a wrong guess only costs a read. At the peak: the unit running and the next one's stored bytes.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ class StreamedOutput:
 
 
 class StreamedModel:
-    """``AutoModelForCausalLM`` over ``model_dir`` with at most one unit's weights in memory at a time.
+    """``AutoModelForCausalLM`` over ``model_dir`` with one unit loaded at a time (and the next one read ahead).
 
     ``loading`` is a family's hook around model construction (``converters/rwkv/loading.py``).
 

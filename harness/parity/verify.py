@@ -1,9 +1,10 @@
 """``convparity verify``: a real conversion held to the original forward pass, on real weights, at any size.
 
-Both sides stream, so memory stays near one decoder block whatever the depth, and nothing is written to disk.
+Both sides stream, so memory stays near two decoder blocks whatever the depth, and nothing is written to disk.
 The reference (the family's original forward) reads each source tensor when it needs it, cast on read
 (``UpcastTensors``); the converted directory runs as its own transformers model, built empty and loaded one
-unit at a time through transformers' loading code (``StreamedModel``).
+unit at a time through transformers' loading code, the next unit read on a thread while one runs
+(``StreamedModel``). With a reference device, the two sides run at the same time (``verify_devices``).
 
 A declared cast is not an error: where the converted directory stores a tensor in another floating dtype than
 the source, the reference reads the source rounded as a correct conversion rounds it (``harness.parity.rounding``),
