@@ -11,7 +11,8 @@ the rest still run):
 - ``verify-source``: a 1-layer Mixtral-8x7B-shaped bf16 checkpoint (3.4 GB), written and converted by
   ``benchmarks/verify_memory.py``'s functions;
 - ``verify-device`` then ``verify-cpu``: ``convparity verify`` of that conversion with ``--device cuda``, and the
-  same on the CPU for comparison;
+  same on the CPU for comparison; where two GPUs are visible, ``verify-two-devices`` between them:
+  ``--device cuda:0 --reference-device cuda:1`` (the reference beside the converted model; 30 s more);
 - ``convert-bench``: ``benchmarks/convert_throughput.py`` on its ``safetensors`` path (every tensor renamed, one
   file: the fastest path of design.md's settled run), ``--gb 1``, against ``cp`` and ``cat``.
 
@@ -40,16 +41,18 @@ from device_report import Step, environment, summarise, write_summary
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 DTYPES = ("float32", "bfloat16", "float16")
-# Seconds per step: the sum (430) leaves 50 s of the 8 minutes for start-up and the odd slow step.
+# Seconds per step: the sum (430) leaves 50 s of the 8 minutes for start-up and the odd slow step; a machine with
+# two GPUs runs verify-two-devices too.
 LIMITS = {"install": 120, "check": 45, "cuda-tests": 100, "verify-source": 50, "verify-device": 45,
-          "verify-cpu": 60, "convert-bench": 40}
+          "verify-two-devices": 30, "verify-cpu": 60, "convert-bench": 40}
 # What the steps import; one missing is installed with the test extra (torch never is).
 NEEDED = ("transformers", "safetensors", "accelerate", "jinja2", "pygal", "omegaconf", "tqdm", "huggingface_hub",
           "numpy", "pytest", "hypothesis")
 
 
 def cuda_absent() -> str | None:
-    """Why CUDA cannot be used here, or None: the one place this script asks torch about CUDA."""
+    """Why CUDA cannot be used here, or None: with ``cuda_devices``, the one place this script asks torch about
+    CUDA."""
     try:
         import torch
     except ImportError:
@@ -57,6 +60,15 @@ def cuda_absent() -> str | None:
     if not torch.cuda.is_available():
         return f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)"
     return None
+
+
+def cuda_devices() -> int:
+    """How many CUDA devices torch sees (0 without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +117,12 @@ def _plan(args: argparse.Namespace, out: Path, work: Path) -> list[Step]:
     tiny = ["--tiny"] if args.tiny else []
     steps.append(Step("verify-source", [py, str(Path(__file__).resolve()), str(out), "--write-verify-source",
                                         str(work), *tiny], LIMITS["verify-source"]))
-    for name, on in (("verify-device", device), ("verify-cpu", "cpu")):
+    runs = [("verify-device", ["--device", device]), ("verify-cpu", ["--device", "cpu"])]
+    if device.startswith("cuda") and cuda_devices() > 1:  # the reference beside the converted model, a GPU each
+        runs.insert(1, ("verify-two-devices", ["--device", "cuda:0", "--reference-device", "cuda:1"]))
+    for name, on in runs:
         steps.append(Step(name, [*peak, str(out / f"{name}.peak.json"), "harness.cli", "verify", "mixtral",
-                                 str(source), str(converted), "--device", on, "--quiet", "--json",
+                                 str(source), str(converted), *on, "--quiet", "--json",
                                  str(out / f"{name}.json")], LIMITS[name], kind="verify"))
     steps.append(Step("convert-bench", [py, str(BENCH / "convert_throughput.py"), "--paths", "safetensors", "--gb",
                                         str(args.gb), "--runs", "1", "--settle", "1", "--workdir", str(work / "bench")],

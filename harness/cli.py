@@ -228,8 +228,8 @@ _VERIFY_ABOUT = """\
 Run the family's original forward pass over SOURCE and the converted model over CONVERTED on the same
 tokens; compare the logits and every block's output. Both sides stream: the reference reads each source
 tensor when it needs it, the converted model is built empty and loaded one block at a time through
-transformers' own loading, so memory stays near one block and nothing is written. The bound is a multiple
-of the reference's own drift, measured in the same run.
+transformers' own loading (the next block read from disk while one runs), so memory stays near two blocks
+and nothing is written. The bound is a multiple of the reference's own drift, measured in the same run.
 
 A conversion that also casts (float32 weights stored as bfloat16) is judged as a cast: the reference reads the
 source rounded to the stored dtypes exactly as a correct conversion rounds it (round to nearest even), and is
@@ -244,6 +244,7 @@ _VERIFY_EPILOG = """examples:
   convparity verify gemma ./gemma-7b.ckpt ./gemma-hf --variant 7b --text "The capital of France is"
   convparity verify phi ./phi-2 ./phi-2-hf --input-ids ids.json --report verify.md --json verify.json
   convparity verify gpt_sw3 ./model.nemo ./sw3-hf --compute-dtype bfloat16 --device cuda
+  convparity verify llama ./Meta-Llama-3-8B ./llama-hf --device cuda:0 --reference-device cuda:1
   convparity convert rwkv ./RWKV-4-Pile-169M.pth ./rwkv-hf --verify       convert, then verify
 """
 
@@ -259,7 +260,14 @@ def _add_verify_options(parser: argparse.ArgumentParser, title: str = "verify op
     group.add_argument("--seq-len", type=int, metavar="T", help="random tokens per sequence (default: 32, or the "
                        "model's learned positions where fewer)")
     group.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default: %(default)s)")
-    group.add_argument("--device", default="cpu", help="cpu (default) or cuda: blocks are streamed to the device")
+    group.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the converted model "
+                       "runs, its units streamed to it")
+    group.add_argument("--reference-device", metavar="DEVICE", help="run the family's reference on DEVICE (cpu, cuda "
+                       "or cuda:N) at the same time as the converted model on --device, e.g. --device cuda:0 "
+                       "--reference-device cuda:1 (default: on --device, before the converted model)")
+    group.add_argument("--no-prefetch", dest="prefetch", action="store_false", help="read each unit of CONVERTED "
+                       "only when it runs (default: the next unit is read on a thread while one runs, two units "
+                       "in memory at the peak instead of one)")
     group.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32",
                        help="the converted model computes in this, against the float32 reference (default: float32; "
                             "bfloat16 is a looser second check that can only FAIL or say INCONCLUSIVE, unless "

@@ -64,6 +64,7 @@ def verify(args: argparse.Namespace) -> int:
     result = verify(fam, args.source, converted, tokens=tokens, lengths=lengths, inputs=inputs, device=args.device,
                     compute_dtype=args.compute_dtype, config=args.config, batch=args.batch, seq_len=args.seq_len,
                     seed=args.seed, power=_power_hook() if args.power else None,
+                    reference_device=args.reference_device, prefetch=args.prefetch,
                     progress=None if quiet else lambda m: print(f"verify: {m}", file=sys.stderr),
                     **options)
     print(format_result(result))

@@ -4,7 +4,8 @@
 - its plan runs end to end on the CPU with tiny settings, with only its CUDA availability check stubbed, and
   writes the JSON and Markdown summaries;
 - a step that fails is recorded, the rest still run, and the exit status is 1;
-- its step limits fit the 8 minutes it promises.
+- where two GPUs are visible, the plan also verifies with the reference on the second one;
+- its step limits fit the 8 minutes it promises (30 s more with two GPUs).
 """
 
 from __future__ import annotations
@@ -75,8 +76,21 @@ def test_a_failed_step_is_recorded_and_the_rest_still_run(device_check: ModuleTy
     assert "# convparity device check: FAIL" in (out / "device-check.md").read_text()
 
 
+def test_two_gpus_add_a_verify_with_the_reference_on_the_second(device_check: ModuleType, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    args = device_check._parser().parse_args([str(tmp_path), "--device", "cuda"])
+    names = [s.name for s in device_check._plan(args, tmp_path, tmp_path / "work")]
+    assert "verify-two-devices" not in names  # no GPU here, or one
+    monkeypatch.setattr(device_check, "cuda_devices", lambda: 2)
+    steps = {s.name: s for s in device_check._plan(args, tmp_path, tmp_path / "work")}
+    assert list(steps).index("verify-two-devices") == list(steps).index("verify-device") + 1
+    command = " ".join(map(str, steps["verify-two-devices"].argv))
+    assert "--device cuda:0 --reference-device cuda:1" in command
+
+
 def test_the_step_limits_fit_in_eight_minutes(device_check: ModuleType) -> None:
     limits = device_check.LIMITS
     plan = 3 * limits["check"] + sum(limits[s] for s in ("cuda-tests", "verify-source", "verify-device",
                                                          "verify-cpu", "convert-bench"))
     assert plan <= 450  # 30 s of the 8 minutes left for start-up and summaries
+    assert plan + limits["verify-two-devices"] <= 480  # with two GPUs: 8 minutes, start-up included

@@ -15,9 +15,9 @@ from harness.family.cases import Case
 from harness.family.family import Family
 from harness.mapping.conversion import SourceCheckpoint
 from harness.parity.check import RoundTrip, hash_files, write_case
+from harness.parity.checkpoint_files import stored_dtypes
 from harness.parity.external import ExternalConverter, Refusal
 from harness.parity.rounding import plan_rounding
-from harness.parity.streamed_model import stored_dtypes
 
 __all__ = ["GENERIC_FACTS", "case_facts", "external_round_trip"]
 

@@ -1,4 +1,4 @@
-"""A transformers model run straight from its checkpoint files, one unit at a time: memory near one block.
+"""A transformers model run straight from its checkpoint files, one unit at a time: memory near two blocks.
 
 The model is built empty from ``config.json`` (accelerate's ``init_empty_weights``: parameters on the meta
 device, buffers real). Its units, the decoder blocks and every other module with parameters (embeddings, final
@@ -11,12 +11,16 @@ same values, as the conversions only move data. Tied weights load with the unit 
 updates a forward makes outside any unit (RWKV's ``_rescale_layers``) are recorded on the meta parameters and
 replayed on each load. ``tests/test_verify.py`` pins this: logits equal to ``from_pretrained``'s bit for bit
 on every family's cases, float32 and bfloat16 checkpoints, transformers 4.57 and 5.x.
+
+Reading overlaps computing: once a unit is loaded, the next one's tensors are read from disk, as stored, on a
+thread (``ReadAhead``), while this one runs; loading them (renames, stacking, the device) stays on the main thread.
+The next unit is guessed from the order the units are defined in, then from the order the last run called them;
+a wrong guess only costs a read. At the peak: the unit running and the next one's stored bytes.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -31,9 +35,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from harness.errors import ConversionError
-from harness.io.tensor_store import load_pickle, safetensors_dtypes
+from harness.parity.background import ReadAhead
+from harness.parity.checkpoint_files import by_file, read_tensors, weight_files
 
-__all__ = ["StreamedModel", "StreamedOutput", "Unit", "stored_dtypes"]
+__all__ = ["StreamedModel", "StreamedOutput", "Unit"]
 
 
 @dataclass
@@ -55,7 +60,7 @@ class StreamedOutput:
 
 
 class StreamedModel:
-    """``AutoModelForCausalLM`` over ``model_dir`` with at most one unit's weights in memory at a time.
+    """``AutoModelForCausalLM`` over ``model_dir`` with one unit loaded at a time (and the next one read ahead).
 
     ``loading`` is a family's hook around model construction (``converters/rwkv/loading.py``).
 
@@ -66,9 +71,10 @@ class StreamedModel:
 
     def __init__(self, model_dir: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  loading: Callable[[dict[str, Any]], AbstractContextManager[Any]] | None = None,
-                 config: Any = None, tensors: dict[str, torch.Tensor] | None = None) -> None:
+                 config: Any = None, tensors: dict[str, torch.Tensor] | None = None, prefetch: bool = True) -> None:
         """``config`` (a transformers config) and ``tensors`` (checkpoint key -> tensor) stand in for the files of
-        ``model_dir`` where given: ``verify --power`` runs planted copies of a few units this way."""
+        ``model_dir`` where given: ``verify --power`` runs planted copies of a few units this way. ``prefetch``
+        reads the next unit on a thread while one runs (two units in memory at the peak instead of one)."""
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -77,7 +83,7 @@ class StreamedModel:
         hf_logging.disable_progress_bar()
         self.model_dir, self.device, self.dtype = Path(model_dir), torch.device(device), dtype
         if tensors is None:
-            self.files, dtypes = _weight_files(self.model_dir)
+            self.files, dtypes = weight_files(self.model_dir)
         else:
             self.files, dtypes = dict(tensors), {k: t.dtype for k, t in tensors.items()}
         self.stored = dtypes  # checkpoint key -> the dtype it is stored in
@@ -98,6 +104,11 @@ class StreamedModel:
         self._narrow = _narrow_params(self._meta, {renamed[k]: d for k, d in dtypes.items() if k in renamed})
         self._log = _InPlaceLog({id(p): n for n, p in self.model.named_parameters()})
         self._calls: list[tuple[int, torch.Tensor | None]] = []
+        self.prefetch = prefetch
+        self._reads = ReadAhead(lambda i: read_tensors(self.files, self.units[i].keys))
+        position = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+        order = sorted(range(len(self.units)), key=lambda i: position[self.units[i].path])
+        self._next = dict(zip(order, order[1:], strict=False))  # the unit read ahead of each: as defined, then as run
         for i, unit in enumerate(self.units):
             module = self.model.get_submodule(unit.path)
             module.register_forward_pre_hook(self._before(i), with_kwargs=True)
@@ -119,15 +130,19 @@ class StreamedModel:
         """The checkpoint's tensor ``key`` as stored (None where the directory has no such key)."""
         if key not in self.files:
             return None
-        _, found = next(_by_file(self.files, [key]))
+        _, found = next(by_file(self.files, [key]))
         t = found[key]
         return t if torch.is_tensor(t) else t[...]
 
     def __call__(self, tokens: torch.Tensor) -> StreamedOutput:
         """The model's own forward on ``tokens`` [B, T], each unit loaded just before its call and freed after."""
         self._calls = []
-        with torch.no_grad(), self._log:
-            logits = self.model(input_ids=tokens.to(self.device), use_cache=False).logits
+        try:
+            with torch.no_grad(), self._log:
+                logits = self.model(input_ids=tokens.to(self.device), use_cache=False).logits
+        finally:
+            self._reads.drop()  # a read ahead of a unit that will not run now
+        self._next = {a: b for (a, _), (b, _) in zip(self._calls, self._calls[1:], strict=False)}
         states = []
         for pos, (index, _) in enumerate(self._calls):  # what a block passes on is what the next unit receives
             if self.units[index].block is not None:
@@ -144,20 +159,23 @@ class StreamedModel:
             self._calls.append((index, x.detach().float().cpu().clone() if torch.is_tensor(x) else None))
             self._log.recording = False
             try:
-                self._load(self.units[index])
+                self._load(index)
             finally:
                 self._log.recording = True
         return hook
 
-    def _load(self, unit: Unit) -> None:
+    def _load(self, index: int) -> None:
+        unit, tensors = self.units[index], self._reads.take(index)
         for name in unit.params:
             if name in self._narrow:  # load as stored, upcast below
                 _set_param(self.model, name, self._narrow[name])
         try:
-            self._loader.load(unit.keys)
+            self._loader.load(tensors)
         except BaseException:
             self._free(unit)
             raise
+        finally:
+            tensors.clear()  # the parameters hold what they need: a narrow copy goes at its upcast below
         for name in unit.params:  # tied names share whichever of them the checkpoint loaded
             group = [n for n in unit.params if self._meta[n] is self._meta[name]]
             real = {id(p): p for p in map(self.model.get_parameter, group) if p.device.type != "meta"}
@@ -178,6 +196,8 @@ class StreamedModel:
                     _set_param(self.model, n, upcast)
             del p
         self._log.replay(self.model, unit.params)
+        if self.prefetch and index in self._next:  # after the upcast: this unit and the next at the peak
+            self._reads.start(self._next[index])
 
     def _free(self, unit: Unit) -> None:
         for name in unit.params:
@@ -206,43 +226,9 @@ class _InPlaceLog(TorchFunctionMode):
                     func(model.get_parameter(name), *args, **kwargs)
 
 
-def stored_dtypes(folder: Path) -> dict[str, torch.dtype]:
-    """Checkpoint key -> the dtype a transformers directory stores it in (safetensors: from the headers alone)."""
-    return _weight_files(folder)[1]
-
-
 def _set_param(model: nn.Module, name: str, param: nn.Parameter) -> None:
     path, _, leaf = name.rpartition(".")
     model.get_submodule(path)._parameters[leaf] = param
-
-
-def _weight_files(folder: Path) -> tuple[dict[str, Path], dict[str, torch.dtype]]:
-    """Checkpoint key -> file and key -> dtype, for safetensors (sharded or not) or ``pytorch_model.bin``."""
-    if not (folder / "config.json").is_file():
-        raise ConversionError(f"{folder} is not a transformers model directory: no config.json")
-    names = ("model.safetensors.index.json", "pytorch_model.bin.index.json", "model.safetensors", "pytorch_model.bin")
-    found = next((folder / n for n in names if (folder / n).is_file()), None)
-    if found is None:
-        raise ConversionError(f"no weights in {folder}: expected one of {', '.join(names)}")
-    files = ({k: folder / f for k, f in json.loads(found.read_text())["weight_map"].items()}
-             if found.suffix == ".json" else dict.fromkeys(_open(found).keys(), found))
-    return files, {k: _dtype(t) for _, tensors in _by_file(files, list(files)) for k, t in tensors.items()}
-
-
-def _open(path: Path) -> Any:
-    """safetensors read with pread (file pages are not this process's memory), or a data-only .bin dict."""
-    if path.suffix != ".safetensors":
-        return load_pickle(path)
-    from safetensors import safe_open
-
-    try:
-        return safe_open(str(path), framework="pt", backend="pread")
-    except TypeError:  # safetensors < 0.7 has no backend: memory-mapped
-        return safe_open(str(path), framework="pt")
-
-
-def _dtype(t: Any) -> torch.dtype:
-    return t.dtype if torch.is_tensor(t) else safetensors_dtypes()[t.get_dtype()]
 
 
 def _narrow_params(meta: dict[str, nn.Parameter], stored: dict[str, torch.dtype]) -> dict[str, nn.Parameter]:
@@ -253,18 +239,6 @@ def _narrow_params(meta: dict[str, nn.Parameter], stored: dict[str, torch.dtype]
         if p is not None and p.is_floating_point() and dtype.is_floating_point and dtype.itemsize < p.element_size():
             out.setdefault(id(p), nn.Parameter(torch.empty(p.shape, dtype=dtype, device="meta"), requires_grad=False))
     return {n: out[id(p)] for n, p in meta.items() if id(p) in out}
-
-
-def _by_file(files: dict[str, Any], keys: list[str]) -> Iterator[tuple[Path | None, dict[str, Any]]]:
-    """Per file, the tensors of ``keys`` unread: safetensors slices, or memory-mapped .bin tensors; tensors held in
-    memory (``StreamedModel(tensors=...)``) come first, as they are."""
-    held = {k: files[k] for k in keys if torch.is_tensor(files[k])}
-    if held:
-        yield None, held
-    for path in dict.fromkeys(files[k] for k in keys if k not in held):
-        handle = _open(path)
-        yield path, {k: handle.get_slice(k) if path.suffix == ".safetensors" else handle[k]
-                     for k in keys if files[k] == path}
 
 
 def _plan_units(model: nn.Module, folder: Path, renamed: dict[str, str]) -> list[Unit]:
@@ -327,22 +301,21 @@ class _Transformers5:
                 out[key], _ = rename_source_key(key, [], [], base_model_prefix=prefix, meta_state_dict=meta)
         return out
 
-    def load(self, keys: list[str]) -> None:
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
         from transformers.core_model_loading import convert_and_load_state_dict_in_model
         from transformers.modeling_utils import LoadStateDictConfig
 
-        tensors = {k: t for _, found in _by_file(self.files, keys) for k, t in found.items()}
         config = LoadStateDictConfig(device_map={"": str(self.device)}, dtype=self.dtype, weight_mapping=self.mapping,
                                      dtype_plan=self.model._get_dtype_plan(self.dtype))
-        with patch.dict(os.environ, {"HF_DEACTIVATE_ASYNC_LOAD": "1"}):  # read each tensor as its parameter is
-            info, _ = convert_and_load_state_dict_in_model(self.model, tensors, config)  # converted, not all ahead
+        with patch.dict(os.environ, {"HF_DEACTIVATE_ASYNC_LOAD": "1"}):  # the tensors are read: no thread pool
+            info, _ = convert_and_load_state_dict_in_model(self.model, tensors, config)
         problems = sorted(info.mismatched_keys) + list(info.conversion_errors.items())
         if problems:
             raise _unclean(self.files, problems[0])
 
 
 class _Transformers4:
-    """transformers 4.x: ``_get_key_renaming_mapping``, then ``_load_state_dict_into_meta_model`` per file."""
+    """transformers 4.x: ``_get_key_renaming_mapping``, then ``_load_state_dict_into_meta_model``."""
 
     def __init__(self, model: Any, files: dict[str, Path], device: torch.device, dtype: torch.dtype) -> None:
         self.model, self.files, self.device, self.dtype = model, files, device, dtype
@@ -360,19 +333,18 @@ class _Transformers4:
         self.renamed = self.model._get_key_renaming_mapping(keys, None, has and not expects, expects and not has)
         return self.renamed
 
-    def load(self, keys: list[str]) -> None:
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
         from transformers.modeling_utils import _load_state_dict_into_meta_model
 
         expected = self.model.state_dict()
-        for _, found in _by_file(self.files, [k for k in keys if k in self.renamed]):
-            state = {}
-            for key, t in found.items():
-                target, shape = self.renamed[key], tuple(t.shape if torch.is_tensor(t) else t.get_shape())
-                if tuple(expected[target].shape) != shape:
-                    raise _unclean(self.files, (target, shape, tuple(expected[target].shape)))
-                state[target] = t if torch.is_tensor(t) else t[...]  # read here (pread), not memory-mapped there
-            _load_state_dict_into_meta_model(self.model, state, "", {self.renamed[k]: k for k in found},
-                                             device_map={"": str(self.device)}, keep_in_fp32_regex=self.keep_fp32)
+        found = [k for k in tensors if k in self.renamed]
+        for key in found:
+            target, shape = self.renamed[key], tuple(tensors[key].shape)
+            if tuple(expected[target].shape) != shape:
+                raise _unclean(self.files, (target, shape, tuple(expected[target].shape)))
+        _load_state_dict_into_meta_model(self.model, {self.renamed[k]: tensors[k] for k in found}, "",
+                                         {self.renamed[k]: k for k in found}, device_map={"": str(self.device)},
+                                         keep_in_fp32_regex=self.keep_fp32)
 
 
 def _unclean(files: dict[str, Any], problem: tuple[Any, ...]) -> ConversionError:

@@ -1,9 +1,10 @@
 """``convparity verify``: a real conversion held to the original forward pass, on real weights, at any size.
 
-Both sides stream, so memory stays near one decoder block whatever the depth, and nothing is written to disk.
+Both sides stream, so memory stays near two decoder blocks whatever the depth, and nothing is written to disk.
 The reference (the family's original forward) reads each source tensor when it needs it, cast on read
 (``UpcastTensors``); the converted directory runs as its own transformers model, built empty and loaded one
-unit at a time through transformers' loading code (``StreamedModel``).
+unit at a time through transformers' loading code, the next unit read on a thread while one runs
+(``StreamedModel``). With a reference device, the two sides run at the same time (``verify_devices``).
 
 A declared cast is not an error: where the converted directory stores a tensor in another floating dtype than
 the source, the reference reads the source rounded as a correct conversion rounds it (``harness.parity.rounding``),
@@ -32,11 +33,12 @@ from harness.mapping.conversion import SourceCheckpoint
 from harness.parity.localise import localise_streamed
 from harness.parity.metrics import TORCH_DTYPES
 from harness.parity.observe import BOUND
-from harness.parity.parity import UpcastTensors, cuda_skip_reason, make_tokens
+from harness.parity.parity import UpcastTensors, make_tokens
 from harness.parity.precision import float64_compute
 from harness.parity.rounding import Rounding, check_rounding, plan_rounding
 from harness.parity.routing import Routers, routing_agreement
-from harness.parity.streamed_model import StreamedModel
+from harness.parity.streamed_model import StreamedModel, StreamedOutput
+from harness.parity.verify_devices import check_device, side_by_side
 from harness.parity.verify_inputs import read_input_ids, tokenize
 from harness.parity.verify_result import BOUNDS, EXIT, RESOLUTION, Bound, Comparison, VerifyResult, format_result
 from harness.terminal import module_progress
@@ -52,14 +54,16 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
            lengths: Sequence[int] | None = None, inputs: str = "", device: str = "cpu",
            compute_dtype: str = "float32", config: Path | None = None, batch: int = 2, seq_len: int | None = None,
            seed: int = 0, power: PowerHook | None = None, progress: Callable[[str], None] | None = None,
-           **options: object) -> VerifyResult:
+           reference_device: str | None = None, prefetch: bool = True, **options: object) -> VerifyResult:
     """Hold ``converted`` (a ``from_pretrained`` directory) to the reference on ``source`` (as ``convert`` reads it).
 
     Without ``tokens``, ``batch`` x ``seq_len`` random ids (``seed``; ``seq_len`` defaults to 32, or the model's
     position limit where smaller); ``lengths`` marks right padding that is not compared. ``power``
     (``harness.mutation.power.measure_power``, passed in by the front end: the mutation layer sits above this one)
     plants the catalogue into the first blocks and the head of this load and reports how much of it the bounds
-    catch. Bad input raises ConversionError; a divergence is a failed result, not an exception.
+    catch. With ``reference_device``, the reference runs there, at the same time as the converted model (on
+    ``device``); without it, on ``device``, first. ``prefetch`` reads each unit of ``converted`` while the one before
+    it runs. Bad input raises ConversionError; a divergence is a failed result, not an exception.
 
     >>> verify(family("mixtral"), Path("Mixtral-8x7B"), Path("mixtral-hf")).verdict  # doctest: +SKIP
     'PASS'
@@ -68,36 +72,45 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     start = time.perf_counter()
     if compute_dtype not in BOUNDS:
         raise ConversionError(f"unknown compute dtype {compute_dtype!r}; choose one of {', '.join(BOUNDS)}")
-    if device.startswith("cuda") and cuda_skip_reason():
-        raise ConversionError(f"--device {device}: {cuda_skip_reason()}")
+    check_device("--device", device)
+    if reference_device is not None:
+        check_device("--reference-device", reference_device)
+    ref_device = reference_device or device
     if not source.exists():
         raise ConversionError(f"source {source} does not exist")
     checkpoint = family.read(source, config=config, **options)
-    model = StreamedModel(converted, device=device, dtype=TORCH_DTYPES[compute_dtype], loading=family.loading)
+    model = StreamedModel(converted, device=device, dtype=TORCH_DTYPES[compute_dtype], loading=family.loading,
+                          prefetch=prefetch)
     tokens, inputs = _tokens(model, tokens, inputs, batch, seq_len, seed)
     lengths = list(lengths) if lengths is not None else [tokens.shape[1]] * tokens.shape[0]
-    result = VerifyResult(family.name, str(source), str(converted), device, compute_dtype, inputs,
-                          list(tokens.shape))
+    where = device if reference_device is None else f"{device}, reference on {reference_device}"
+    result = VerifyResult(family.name, str(source), str(converted), where, compute_dtype, inputs, list(tokens.shape))
     rounding = _rounding(family, checkpoint, model, result)
     truth = rounding.apply(checkpoint)
-    bound, tokens = BOUNDS[compute_dtype], tokens.to(device)
-    prefix = tokens[:1, : min(bound.prefix or 16, lengths[0])]
+    bound, tokens, ref_tokens = BOUNDS[compute_dtype], tokens.to(device), tokens.to(ref_device)
+    prefix = ref_tokens[:1, : min(bound.prefix or 16, lengths[0])]
     routers = Routers(model)
-    with torch.no_grad():
-        say(f"reference in float32 on {tokens.shape[0]} x {tokens.shape[1]} tokens")
-        ref = _reference(family, truth, tokens, device, "float32", model, routers.reference)
-        noise_tokens = prefix if bound.prefix else tokens
-        say(f"reference in {bound.noise_dtype} on {noise_tokens.shape[0]} x {noise_tokens.shape[1]} tokens "
-            f"(noise floor)")
-        noise = _reference(family, truth, noise_tokens, device, bound.noise_dtype, model, routers.noise)
-        cast = None
-        if rounding:
+
+    def reference_side() -> tuple[Outputs, Outputs, Outputs | None]:
+        with torch.no_grad():  # per thread: this may run beside the converted model
+            say(f"reference in float32 on {tokens.shape[0]} x {tokens.shape[1]} tokens on {ref_device}")
+            ref = _reference(family, truth, ref_tokens, ref_device, "float32", model, routers.reference)
+            noise_tokens = prefix if bound.prefix else ref_tokens
+            say(f"reference in {bound.noise_dtype} on {noise_tokens.shape[0]} x {noise_tokens.shape[1]} tokens "
+                f"(noise floor)")
+            noise = _reference(family, truth, noise_tokens, ref_device, bound.noise_dtype, model, routers.noise)
+            if not rounding:
+                return ref, noise, None
             say(f"reference in float32 on the unrounded source, {prefix.shape[1]} tokens (what the cast moves)")
-            cast = _reference(family, checkpoint, prefix, device, "float32", model)
-        say(f"{converted} in {compute_dtype}, one unit at a time")
+            return ref, noise, _reference(family, checkpoint, prefix, ref_device, "float32", model)
+
+    def converted_side() -> StreamedOutput:
+        say(f"{converted} in {compute_dtype} on {device}, one unit at a time")
         units = [model.model.get_submodule(u.path) for u in model.units]
-        with module_progress(units, "verify: units", quiet=progress is None), routers.converted():
-            out = model(tokens)
+        with torch.no_grad(), module_progress(units, "verify: units", quiet=progress is None), routers.converted():
+            return model(tokens)
+
+    (ref, noise, cast), out = side_by_side(reference_side, converted_side, together=reference_device is not None)
     mask = torch.arange(tokens.shape[1])[None, :] < torch.tensor(lengths)[:, None]  # (B, T): not padding
     _judge(result, ref, noise, cast, [out.logits, *out.block_states], model.block_names, mask, bound)
     result.routing = routing_agreement(routers, mask, bound.factor)
