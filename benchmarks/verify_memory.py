@@ -15,8 +15,8 @@ process allocated. Verify does more than the floors on purpose: the float64 nois
 source a second time.
 
 ``--prefetch both`` times verify twice on the same checkpoint, ``--no-prefetch`` first (each unit read when it
-runs), then as it runs by default (the next unit read on a thread while one runs). ``--small`` divides
-Mixtral-8x7B's widths and vocabulary by 4 (a 1-layer source of about 0.2 GB).
+runs, the CPU's default), then ``--prefetch`` (the next unit read on a thread while one runs, a GPU's default).
+``--small`` divides Mixtral-8x7B's widths and vocabulary by 4 (a 1-layer source of about 0.2 GB).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ SHAPE = dict(dim=4096, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
 # The same layout with dim, hidden_dim, heads and vocabulary divided by 4 (head_dim kept): for a CPU in minutes.
 SMALL = {**SHAPE, "dim": 1024, "hidden_dim": 3584, "n_heads": 8, "n_kv_heads": 2, "vocab_size": 8000}
 TOKENS = (2, 32)  # verify's default inputs
-PREFETCH = {"on": [], "off": ["--no-prefetch"]}
+PREFETCH = {"on": ["--prefetch"], "off": ["--no-prefetch"]}
 
 
 def main() -> None:
@@ -50,8 +50,9 @@ def main() -> None:
     parser.add_argument("--layers", default="1,2,4", help="comma-separated layer counts (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/convparity-verify-bench"))
     parser.add_argument("--small", action="store_true", help="Mixtral-8x7B's widths and vocabulary divided by 4")
-    parser.add_argument("--prefetch", choices=["on", "off", "both"], default="on",
-                        help="verify with the read ahead (on, the default), without it, or both, one after the other")
+    parser.add_argument("--prefetch", choices=["on", "off", "both"], default="off",
+                        help="verify with the read ahead (on), without it (off, the CPU's default), or both, one "
+                             "after the other (default: %(default)s)")
     args = parser.parse_args()
     shape = SMALL if args.small else SHAPE
     modes = ["off", "on"] if args.prefetch == "both" else [args.prefetch]

@@ -75,7 +75,7 @@ def llama(convparity_round_trip: Callable) -> Any:
 def test_the_next_unit_is_read_on_a_thread_while_one_runs_and_two_at_most_are_held(
         family: str, case: str, convparity_round_trip: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
     rt = convparity_round_trip(family, case)
-    model = StreamedModel(rt.model_dir, loading=FAMILIES[family].loading)
+    model = StreamedModel(rt.model_dir, loading=FAMILIES[family].loading, prefetch=True)
     reads = Reads(model, monkeypatch)
     waited: list[bool] = []
     for i, unit in enumerate(model.units):  # after the model's own hook (load, then the read ahead starts)
@@ -94,7 +94,7 @@ def test_the_next_unit_is_read_on_a_thread_while_one_runs_and_two_at_most_are_he
 def test_without_prefetch_one_unit_is_held_and_the_logits_are_the_same(
         llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     tokens = make_tokens(llama.vocab_size)
-    ahead = StreamedModel(llama.model_dir)(tokens).logits
+    ahead = StreamedModel(llama.model_dir, prefetch=True)(tokens).logits
     model = StreamedModel(llama.model_dir, prefetch=False)
     reads = Reads(model, monkeypatch)
     assert torch.equal(model(tokens).logits, ahead)
@@ -103,7 +103,7 @@ def test_without_prefetch_one_unit_is_held_and_the_logits_are_the_same(
 
 def test_a_wrong_guess_of_the_next_unit_costs_a_read_not_a_bit(llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     tokens = make_tokens(llama.vocab_size)
-    model = StreamedModel(llama.model_dir)
+    model = StreamedModel(llama.model_dir, prefetch=True)
     expected = model(tokens).logits
     learned = dict(model._next)
     model._next = {i: i for i in range(len(model.units))}  # every guess wrong: the unit that has just run
@@ -125,7 +125,7 @@ def test_an_error_in_the_reading_thread_is_raised_unchanged(llama: Any, monkeypa
         return read(files, keys)
 
     monkeypatch.setattr(streamed_model, "read_tensors", failing)
-    model = StreamedModel(llama.model_dir)
+    model = StreamedModel(llama.model_dir, prefetch=True)
     with pytest.raises(ConversionError, match="^cannot read model.layers.1 from its file$"):
         model(make_tokens(llama.vocab_size))
     assert all(p.device.type == "meta" for p in model.model.parameters())  # what was loaded is freed
@@ -136,7 +136,7 @@ def test_an_error_in_the_reading_thread_is_raised_unchanged(llama: Any, monkeypa
 
 def test_ctrl_c_does_not_wait_for_a_read_under_way(llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     with _slow_block_1(monkeypatch) as read:
-        model = StreamedModel(llama.model_dir)
+        model = StreamedModel(llama.model_dir, prefetch=True)
         block_0 = model.model.get_submodule("model.layers.0")
         block_0.register_forward_hook(lambda *_: _interrupt())  # Ctrl-C while block 1 is being read
         with pytest.raises(KeyboardInterrupt):
@@ -146,7 +146,7 @@ def test_ctrl_c_does_not_wait_for_a_read_under_way(llama: Any, monkeypatch: pyte
 
 def test_ctrl_c_interrupts_a_wait_for_a_read(llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     with _slow_block_1(monkeypatch) as read:
-        model = StreamedModel(llama.model_dir)
+        model = StreamedModel(llama.model_dir, prefetch=True)
         previous = signal.signal(signal.SIGALRM, lambda *_: _interrupt())
         model.model.get_submodule("model.layers.0").register_forward_hook(lambda *_: signal.alarm(1))
         try:

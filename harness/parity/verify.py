@@ -54,7 +54,7 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
            lengths: Sequence[int] | None = None, inputs: str = "", device: str = "cpu",
            compute_dtype: str = "float32", config: Path | None = None, batch: int = 2, seq_len: int | None = None,
            seed: int = 0, power: PowerHook | None = None, progress: Callable[[str], None] | None = None,
-           reference_device: str | None = None, prefetch: bool = True, **options: object) -> VerifyResult:
+           reference_device: str | None = None, prefetch: bool | None = None, **options: object) -> VerifyResult:
     """Hold ``converted`` (a ``from_pretrained`` directory) to the reference on ``source`` (as ``convert`` reads it).
 
     Without ``tokens``, ``batch`` x ``seq_len`` random ids (``seed``; ``seq_len`` defaults to 32, or the model's
@@ -63,7 +63,8 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     plants the catalogue into the first blocks and the head of this load and reports how much of it the bounds
     catch. With ``reference_device``, the reference runs there, at the same time as the converted model (on
     ``device``); without it, on ``device``, first. ``prefetch`` reads each unit of ``converted`` while the one before
-    it runs. Bad input raises ConversionError; a divergence is a failed result, not an exception.
+    it runs (default: on a GPU only). Bad input raises ConversionError; a divergence is a failed result, not an
+    exception.
 
     >>> verify(family("mixtral"), Path("Mixtral-8x7B"), Path("mixtral-hf")).verdict  # doctest: +SKIP
     'PASS'
