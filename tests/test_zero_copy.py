@@ -84,6 +84,7 @@ def test_nonfinite_counted_in_memory_and_on_disk(tmp_path: Path, dtype: torch.dt
     t[[3, 400, 4999]] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
     save_file({"t": t}, tmp_path / "x.safetensors")
     assert count_nonfinite(t) == 3
+    assert (count_nonfinite(t[3::397]), count_nonfinite(t.reshape(50, 100).T), count_nonfinite(t[3])) == (2, 3, 1)
     assert count_nonfinite(open_safetensors(tmp_path / "x.safetensors").regions["t"]) == 3
 
 
