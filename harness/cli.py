@@ -173,7 +173,8 @@ def _parser(chosen: str | None = None) -> argparse.ArgumentParser:
     mutate.add_argument("--diagnose", action="store_true",
                         help="measure diagnosis instead: each mutant in turn is the unknown bug on each case; count "
                              "how often the named sub-module is one it touched and its class is ranked first / in "
-                             "the top three (exit 1 below 100%% / 90%% / 100%%)")
+                             "the top three (exit 1 below 100%% / 90%% / 100%%); with --structural, over the "
+                             "structural catalogue, with its bfloat16 kills and a table per point")
     mutate.set_defaults(run=commands.mutate)
 
     verify = sub.add_parser("verify", help="prove a real conversion: its logits against the original forward pass",

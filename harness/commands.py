@@ -178,7 +178,7 @@ def mutate(args: argparse.Namespace) -> int:
 
     chosen = [family(n) for n in args.families] if args.families else list(families().values())
     if args.diagnose:
-        return run_diagnose(chosen, json_path=args.json, quiet=args.quiet)
+        return run_diagnose(chosen, json_path=args.json, quiet=args.quiet, structural_only=args.structural)
     return run_mutate(chosen, _choices(args.dtypes, CAST_DTYPES, "dtype"), json_path=args.json, html=args.html,
                       quiet=args.quiet, structural_only=args.structural)
 

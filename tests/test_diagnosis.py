@@ -5,6 +5,8 @@
 - a bug outside the catalogue (one layer's MLP output weight scaled) is named at that sub-module, not earlier;
 - over every catalogue mutant and case (``convparity mutate --diagnose``): the named sub-module is one the
   mutant touched, the mutant's class is ranked first in >= 90% and in the top three in 100% of kills;
+- the same targets for the structural catalogue, ranked against itself, on each family's first case, every point of
+  the family in its table; a kill whose model cannot be built (a refused config) is left out of localisation only;
 - signatures: the same failure matches 1, unrelated failures 0, indistinguishable mutants form one class;
 - the diagnosis reaches the reports (JUnit message, Markdown).
 """
@@ -22,6 +24,7 @@ from harness.mutation.catalogue import swap_q_and_k
 from harness.mutation.diagnosis import diagnose, rank
 from harness.mutation.on_failure import diagnose_case
 from harness.mutation.runner import cases_for, plant, prepare, write_mutable
+from harness.mutation.structural import structural
 from harness.parity.metrics import compare_logits, tolerance_for
 from harness.parity.parity import ParityResult, UpcastTensors, load_converted
 from harness.parity.points import points_for, record, sites, unsupported
@@ -100,6 +103,38 @@ def test_diagnosis_accuracy_over_the_catalogue(name: str, tmp_path: Path) -> Non
     assert sum(t.rank == 1 for t in killed) >= 0.9 * len(killed)
     assert not [t.summary for t in trials if t.mutant == "(clean)" and t.summary]
     assert accuracy.meets_targets(trials)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_diagnosis_accuracy_over_the_structural_catalogue(name: str, tmp_path: Path) -> None:
+    # the family's first case only, to keep the suite quick: `mutate --diagnose --structural` runs every case
+    fam = FAMILIES[name]
+    trials = accuracy.run_accuracy(fam, tmp_path, mutants=structural(fam), cases=[next(iter(cases_for(fam)))])
+    killed = [t for t in trials if t.killed]
+    assert len(killed) >= 10
+    # the rule leaves out only a refused config and a raised layer count
+    unnamed = {(t.mutant, t.unlocalisable) for t in killed if not accuracy.localisable(t)}
+    assert all(m.startswith("perturb ") and why == accuracy.NO_MODEL or (m, why) == (
+        "perturb num_hidden_layers", accuracy.NO_LAYER) for m, why in unnamed), unnamed
+    missed = [f"{t.mutant}: named {t.point}, rank {t.rank}" for t in killed
+              if (accuracy.localisable(t) and not t.touched) or not t.rank or t.rank > 3]
+    assert not missed, missed
+    assert sum(t.rank == 1 for t in killed) >= 0.9 * len(killed)
+    assert not [t.summary for t in trials if t.mutant == "(clean)" and t.summary]
+    assert accuracy.meets_targets(trials)
+    table = accuracy.point_accuracy_table(fam, trials)
+    assert [line.split()[0] for line in table[1:]] == [p.ref for p in fam.points]
+
+
+def test_only_a_model_that_cannot_be_built_is_left_out_of_localisation() -> None:
+    ranked = {"killed": True, "rank": 1, "class_size": 1}
+    unbuilt = accuracy.Trial("f", "c", "perturb n_head", point="load", unlocalisable=accuracy.NO_MODEL, **ranked)
+    assert accuracy.meets_targets([unbuilt])  # no point to name: counted for its rank only
+    assert accuracy.accuracy_table([unbuilt])[1].split()[1:5] == ["1", "1", "-", "100.0%"]
+    wrong = accuracy.Trial("f", "c", "scale embd", point="h.0.mlp", **ranked)
+    assert not accuracy.meets_targets([wrong])  # a sub-module it did not touch
+    assert not accuracy.meets_targets([wrong, *[accuracy.Trial("f", "c", f"m{i}", point="h.0.mlp", touched=True,
+                                                               **ranked) for i in range(3)]])
 
 
 def test_signatures_score_alike_and_group_into_classes() -> None:

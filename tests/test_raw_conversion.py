@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from harness.io import assembly, row_gather
+from harness.io import assembly
 from harness.io.bit_casts import cast_bits
 from harness.io.file_regions import FileRegion
 from harness.io.raw_dtypes import BY_NAME
-from harness.io.row_gather import RowGather, write_gather
+from harness.io.row_gather import GATHER_BUFFER, KERNEL_RUN, RowGather, write_gather
 from harness.io.safetensors_index import index_safetensors
 from harness.io.stored_tensor import NotIndexableError
 from harness.io.tensor_store import TensorStore
@@ -74,7 +74,7 @@ def test_the_byte_path_writes_what_the_torch_path_writes(tmp_path: Path, family:
     engine = assembly.AssemblyEngine(chunk=97, direct=16, block=20)
     output.write_converted(fam.convert(source), tmp_path / "raw", dtype=dtype, max_shard_size=20_000, engine=engine)
     monkeypatch.setattr(output, "raw_conversion", lambda *a: None)
-    output.write_converted(fam.convert(source), tmp_path / "torch", dtype=dtype, max_shard_size=20_000)
+    output.write_converted(fam.convert(source), tmp_path / "torch", dtype=dtype, max_shard_size=20_000, cast_chunk=97)
     files = sorted(p.name for p in (tmp_path / "torch").iterdir())
     assert len(files) > 2  # several shards and an index
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == files
@@ -255,12 +255,9 @@ def test_the_safetensors_index_checks_the_header(tmp_path: Path) -> None:
         index_safetensors(tmp_path / "long.safetensors")
 
 
-@pytest.mark.parametrize(("buffer", "kernel_run"), [(1 << 24, 1 << 20), (64, 40), (64, 1 << 20)],
+@pytest.mark.parametrize(("buffer", "kernel_run"), [(GATHER_BUFFER, KERNEL_RUN), (64, 40), (64, KERNEL_RUN)],
                          ids=["default", "small-buffer-and-kernel-runs", "small-buffer"])
-def test_a_row_gather_writes_its_parts_in_order(tmp_path: Path, buffer: int, kernel_run: int,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(row_gather, "_BUFFER", buffer)
-    monkeypatch.setattr(row_gather, "KERNEL_RUN", kernel_run)
+def test_a_row_gather_writes_its_parts_in_order(tmp_path: Path, buffer: int, kernel_run: int) -> None:
     data = bytes(torch.randint(0, 256, (4000,), dtype=torch.uint8).tolist())
     (tmp_path / "a").write_bytes(data)
     (tmp_path / "b").write_bytes(data[::-1])
@@ -270,7 +267,7 @@ def test_a_row_gather_writes_its_parts_in_order(tmp_path: Path, buffer: int, ker
     gather = RowGather(parts, (sum(n for _, _, n in spans),), u8)
     with open(tmp_path / "out", "wb+") as f:
         f.write(b"\xff" * 7)
-        write_gather(gather, f.fileno(), 7)
+        write_gather(gather, f.fileno(), 7, buffer=buffer, kernel_run=kernel_run)
     source = {"a": data, "b": data[::-1]}
     assert (tmp_path / "out").read_bytes() == b"\xff" * 7 + b"".join(source[f][o: o + n] for f, o, n in spans)
 

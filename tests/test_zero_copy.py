@@ -14,7 +14,8 @@ from harness.errors import ConversionError
 from harness.io import file_regions, writer
 from harness.io.file_regions import FileRegion, copy_region
 from harness.io.finite import count_nonfinite
-from harness.io.tensor_store import open_safetensors, open_torch
+from harness.io.tensor_store import TensorSpec, open_safetensors, open_torch
+from harness.io.writer import CAST_CHUNK
 from harness.registry import family
 
 
@@ -64,15 +65,17 @@ def test_conversion_copies_renames_in_the_kernel(tmp_path: Path, monkeypatch: py
     assert len(copied) == len(expected) - 2 * converted.config["num_hidden_layers"]
 
 
-def test_a_cast_is_written_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    mixtral = family("mixtral")
-    mixtral.write(mixtral.tiny(0), tmp_path / "src")
-    monkeypatch.setattr(writer, "_CAST_CHUNK", 100)  # smaller than every matrix
-    assert main(["convert", "mixtral", str(tmp_path / "src"), str(tmp_path / "out"), "--quiet",
-                 "--dtype", "bfloat16"]) == 0
-    expected = {k: t.bfloat16() for k, t in mixtral.convert(mixtral.read(tmp_path / "src")).tensors()}
+@pytest.mark.parametrize("cast_chunk", [CAST_CHUNK, 100], ids=["default", "chunks-cut-rows"])
+def test_a_cast_is_written_in_chunks(tmp_path: Path, cast_chunk: int) -> None:
+    # the torch path's cast, of a tensor in memory and of a file region, in chunks smaller than every matrix
+    state = {"w": torch.randn(37, 11), "v": torch.randn(5, 3, 7), "b": torch.randn(3)}
+    save_file(state, tmp_path / "x.safetensors")
+    regions = open_safetensors(tmp_path / "x.safetensors").regions
+    payloads = [("w", state["w"]), ("v", regions["v"]), ("b", state["b"])]
+    specs = [TensorSpec(k, tuple(t.shape), torch.bfloat16) for k, t in payloads]
+    writer.write_model_dir(tmp_path / "out", {}, specs, payloads, 1 << 30, cast_chunk=cast_chunk)
     got = load_file(tmp_path / "out" / "model.safetensors")
-    assert all(torch.equal(got[k], t) for k, t in expected.items())
+    assert {k: torch.equal(got[k], t.bfloat16()) for k, t in state.items()} == dict.fromkeys(state, True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
@@ -81,6 +84,7 @@ def test_nonfinite_counted_in_memory_and_on_disk(tmp_path: Path, dtype: torch.dt
     t[[3, 400, 4999]] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
     save_file({"t": t}, tmp_path / "x.safetensors")
     assert count_nonfinite(t) == 3
+    assert (count_nonfinite(t[3::397]), count_nonfinite(t.reshape(50, 100).T), count_nonfinite(t[3])) == (2, 3, 1)
     assert count_nonfinite(open_safetensors(tmp_path / "x.safetensors").regions["t"]) == 3
 
 

@@ -4,8 +4,9 @@ A checkpoint with non-finite weights converts "fine" and fails much later, far f
 is checked as it streams to the writer: tensors in memory with torch, file regions and row gathers (copied by
 the kernel and never read by the writer) on a second thread, so the check overlaps the copy instead of adding to
 it. Those are read into one reusable buffer and tested on their bits with numpy (``harness.io.nonfinite_bits``),
-which needs no torch and no conversion of the values. An ``Assembly`` (computed from the files without torch) is
-counted by the writer from the source bits it already holds, before any cast.
+which needs no torch and no conversion of the values; a tensor in memory is tested on its bits the same way. An
+``Assembly`` (computed from the files without torch) is counted by the writer from the source bits it already holds,
+before any cast.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from harness.io.bit_casts import unsigned
 from harness.io.file_regions import FileRegion
 from harness.io.nonfinite_bits import count_nonfinite_bits
 from harness.io.payload import IN_FILES, Payload
-from harness.io.raw_dtypes import raw_dtype
+from harness.io.raw_dtypes import RawDType, raw_dtype
 from harness.io.row_gather import RowGather
 
 if TYPE_CHECKING:
@@ -89,10 +90,18 @@ def _result(found: Future[int] | Assembly | int) -> int:
 def _count(t: torch.Tensor) -> int:
     import torch
 
-    # A sum is finite only if every term is (NaN and Inf propagate), and it runs at memory speed; the exact
-    # count is taken only when the sum says there is something to count (or overflows, which is harmless).
-    total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
-    return 0 if bool(torch.isfinite(total)) else int((~torch.isfinite(t)).sum())
+    raw = raw_dtype(t.dtype)
+    if raw is None or raw.nonfinite is None:
+        return 0
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return _count_bits(flat.view(torch.uint8).numpy().view(unsigned(raw)), raw)
+
+
+def _count_bits(bits: np.ndarray, raw: RawDType, scratch: np.ndarray | None = None) -> int:
+    """``count_nonfinite_bits`` a scan buffer at a time, so its scratch stays small whatever the tensor."""
+    step = max(_SCAN_BYTES // raw.itemsize, 1)
+    scratch = np.empty(min(bits.size, step), dtype=bits.dtype) if scratch is None else scratch
+    return sum(count_nonfinite_bits(bits[i: i + step], raw, scratch) for i in range(0, bits.size, step))
 
 
 def _scan_region(region: FileRegion) -> int:
@@ -109,6 +118,6 @@ def _scan_region(region: FileRegion) -> int:
                           region.offset + done)
             if n == 0:
                 raise ConversionError(f"{region.path} ends inside a tensor ({region.nbytes - done} bytes missing)")
-            bad += count_nonfinite_bits(np.frombuffer(buf, dtype=kind, count=n // raw.itemsize), raw, scratch)
+            bad += _count_bits(np.frombuffer(buf, dtype=kind, count=n // raw.itemsize), raw, scratch)
             done += n
     return bad

@@ -1,9 +1,9 @@
 """A tensor whose bytes are several runs of source files, in order: model-parallel slices of a column-parallel
 weight, one after the other. It is written without torch and without computing anything: long runs are copied
 file to file in the kernel, short ones are read straight into their place in one bounded buffer (one ``preadv``
-per run of source-adjacent parts) and written with ``pwrite``. The byte path sends only gathers of runs of at
-least ``KERNEL_RUN`` bytes here; gathers of short rows (a rotary permutation) are assemblies
-(``harness.io.assembly``), gathered by worker threads while the writer goes on.
+per run of source-adjacent parts) and written with ``pwrite``; both sizes are ``write_gather``'s parameters. The
+byte path sends only gathers of runs of at least ``KERNEL_RUN`` bytes here; gathers of short rows (a rotary
+permutation) are assemblies (``harness.io.assembly``), gathered by worker threads while the writer goes on.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 from harness.io.file_regions import FileRegion, copy_region, merged_spans, nbytes, write_all
 
-__all__ = ["RowGather", "write_gather"]
+__all__ = ["GATHER_BUFFER", "KERNEL_RUN", "RowGather", "write_gather"]
 
 KERNEL_RUN = 1 << 20  # runs at least this long are copied in the kernel; shorter ones go through the buffer
-_BUFFER = 1 << 24  # the buffer that gathers short runs
+GATHER_BUFFER = 1 << 24  # the buffer that gathers short runs
 _IOV_MAX = 1024  # POSIX guarantees at least this many buffers per preadv
 
 
@@ -40,16 +40,18 @@ class RowGather:
         return merged_spans(list(self.parts))
 
 
-def write_gather(gather: RowGather, fd: int, offset: int) -> None:
-    """Write ``gather``'s bytes into the open file ``fd`` at ``offset``."""
-    buf = memoryview(bytearray(min(gather.nbytes, _BUFFER)))
+def write_gather(gather: RowGather, fd: int, offset: int, *, buffer: int = GATHER_BUFFER,
+                 kernel_run: int = KERNEL_RUN) -> None:
+    """Write ``gather``'s bytes into the open file ``fd`` at ``offset``: parts of ``kernel_run`` bytes or more are
+    copied in the kernel, shorter ones gathered into a buffer of at most ``buffer`` bytes."""
+    buf = memoryview(bytearray(min(gather.nbytes, buffer)))
     pending: list[tuple[FileRegion, int]] = []  # short parts and their offsets in the buffer
     used, start = 0, offset
     for part in gather.parts:
-        if part.nbytes >= KERNEL_RUN or used + part.nbytes > len(buf):
+        if part.nbytes >= kernel_run or used + part.nbytes > len(buf):
             _flush(buf, pending, fd, start, used)
             pending, used, start = [], 0, offset
-        if part.nbytes >= KERNEL_RUN or part.nbytes > len(buf):
+        if part.nbytes >= kernel_run or part.nbytes > len(buf):
             copy_region(part, fd, offset)
             offset += part.nbytes
             start = offset

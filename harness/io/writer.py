@@ -32,9 +32,9 @@ from harness.io.tensor_store import TensorSpec
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Payload", "ShardPlan", "parse_size", "plan_shards", "write_model_dir"]
+__all__ = ["CAST_CHUNK", "Payload", "ShardPlan", "parse_size", "plan_shards", "write_model_dir"]
 
-_CAST_CHUNK = 1 << 24  # elements cast at a time: a --dtype cast holds one chunk, not the tensor twice
+CAST_CHUNK = 1 << 24  # elements cast at a time: a --dtype cast holds one chunk, not the tensor twice
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -83,12 +83,14 @@ def plan_shards(specs: Iterable[TensorSpec], max_shard_size: int) -> ShardPlan:
 def write_model_dir(output: Path, config: Mapping[str, Any], specs: list[TensorSpec],
                     payloads: Iterable[tuple[str, Payload]], max_shard_size: int,
                     progress: Callable[[int], None] | None = None,
-                    files: Mapping[str, bytes] | None = None, engine: AssemblyEngine | None = None) -> ShardPlan:
+                    files: Mapping[str, bytes] | None = None, engine: AssemblyEngine | None = None,
+                    cast_chunk: int = CAST_CHUNK) -> ShardPlan:
     """Write ``config.json``, the planned shards and ``files`` (name -> bytes) into ``output``, which must not
     exist yet.
 
     ``payloads`` must arrive in the order of ``specs`` with matching shapes. A tensor is written from memory,
-    a ``FileRegion`` is copied file to file in the kernel; either is cast (in chunks) to its spec's dtype. An
+    a ``FileRegion`` is copied file to file in the kernel; either is cast to its spec's dtype ``cast_chunk`` elements
+    at a time. An
     ``Assembly`` arrives already planned in its spec's dtype and is computed from the source files by ``engine``
     (default: a fresh ``AssemblyEngine`` for this directory).
     """
@@ -100,7 +102,7 @@ def write_model_dir(output: Path, config: Mapping[str, Any], specs: list[TensorS
         try:
             for filename, group in plan.filename_to_tensors.items():
                 with open(staging / filename, "wb", buffering=0) as f:
-                    _write_shard(f.fileno(), group, stream, progress, engine)
+                    _write_shard(f.fileno(), group, stream, progress, engine, cast_chunk)
         finally:
             if own:
                 engine.close()
@@ -116,7 +118,7 @@ def write_model_dir(output: Path, config: Mapping[str, Any], specs: list[TensorS
 
 
 def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, Payload]],
-                 progress: Callable[[int], None] | None, engine: AssemblyEngine) -> None:
+                 progress: Callable[[int], None] | None, engine: AssemblyEngine, cast_chunk: int) -> None:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for spec in group:
@@ -146,7 +148,7 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
                     write_gather(payload, fd, offset)
                 else:
                     tensor = payload.mapped() if isinstance(payload, FileRegion) else payload  # (a gather: never cast)
-                    _write_tensor(fd, tensor.detach().to("cpu"), spec.dtype, offset)
+                    _write_tensor(fd, tensor.detach().to("cpu"), spec.dtype, offset, cast_chunk)
                 writes.advance(spec.nbytes)
             offset += spec.nbytes
     except BaseException:
@@ -155,14 +157,15 @@ def _write_shard(fd: int, group: list[TensorSpec], stream: Iterable[tuple[str, P
     writes.finish()
 
 
-def _write_tensor(fd: int, tensor: torch.Tensor, dtype: torch.dtype, offset: int) -> None:
-    """Write ``tensor`` as ``dtype`` at ``offset``; a cast goes chunk by chunk so memory stays near one chunk."""
+def _write_tensor(fd: int, tensor: torch.Tensor, dtype: torch.dtype, offset: int, chunk: int) -> None:
+    """Write ``tensor`` as ``dtype`` at ``offset``; a cast goes ``chunk`` elements at a time so memory stays near one
+    chunk."""
     import torch
 
     flat = tensor.reshape(-1) if tensor.is_contiguous() else tensor.contiguous().reshape(-1)
-    step = flat.numel() if tensor.dtype == dtype else _CAST_CHUNK
+    step = flat.numel() if tensor.dtype == dtype else chunk
     for start in range(0, flat.numel(), max(step, 1)):
-        chunk = flat[start: start + step].to(dtype).view(torch.uint8)
-        write_all(fd, memoryview(chunk.numpy()), offset)
-        offset += chunk.numel()
+        cast = flat[start: start + step].to(dtype).view(torch.uint8)
+        write_all(fd, memoryview(cast.numpy()), offset)
+        offset += cast.numel()
 

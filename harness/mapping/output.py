@@ -14,7 +14,7 @@ from harness.io.assembly import AssemblyEngine
 from harness.io.finite import refuse_nonfinite
 from harness.io.raw_dtypes import BY_NAME, CAST_DTYPES
 from harness.io.tensor_store import TensorSpec
-from harness.io.writer import ShardPlan, write_model_dir
+from harness.io.writer import CAST_CHUNK, ShardPlan, write_model_dir
 from harness.mapping.conversion import Converted
 from harness.mapping.keymap import check_dtypes
 from harness.mapping.raw_conversion import raw_conversion
@@ -27,12 +27,13 @@ DEFAULT_SHARD_SIZE = 5 * 10**9
 
 def write_converted(converted: Converted, output: Path, *, dtype: str | None = None,
                     max_shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = False,
-                    allow_nonfinite: bool = False, engine: AssemblyEngine | None = None) -> ShardPlan:
+                    allow_nonfinite: bool = False, engine: AssemblyEngine | None = None,
+                    cast_chunk: int = CAST_CHUNK) -> ShardPlan:
     """Cast floating tensors to ``dtype`` (default: as stored) and write config and shards atomically.
 
     NaN/Inf weights are refused (ConversionError, nothing written) unless ``allow_nonfinite``; then they are
     written as they are and named in ``converted.notes``. ``engine`` computes the byte path's assemblies (default:
-    ``harness.io.assembly.AssemblyEngine()``'s sizes).
+    ``harness.io.assembly.AssemblyEngine()``'s sizes); the torch path casts ``cast_chunk`` elements at a time.
     """
     if dtype is not None and dtype not in CAST_DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; choose one of {', '.join(CAST_DTYPES)}")
@@ -51,7 +52,7 @@ def write_converted(converted: Converted, output: Path, *, dtype: str | None = N
     try:
         with byte_progress(total, enabled=progress) as advance:
             return write_model_dir(output, config, specs, stream, max_shard_size, advance, files=files,
-                                   engine=engine)
+                                   engine=engine, cast_chunk=cast_chunk)
     except OSError as err:  # the machine's, not the checkpoint's: a full disk, a read-only or vanished folder
         where = f" ({err.filename})" if err.filename else ""
         raise ConversionError(f"I/O error while converting into {output}: {err.strerror or err}{where}") from None

@@ -6,7 +6,10 @@ sub-modules that agree, and the converted tensors that feed it (``harness.parity
 mutant of the catalogue is planted in the clean conversion of the same tiny source, observed the same way, and
 ranked by how alike its divergence signature is to the failure's (``harness.parity.signature``). Mutants whose
 signatures are the same on that case cannot be told apart there, and are reported together as one class.
-Catalogue signatures are cached per case and clean conversion, so a second failure of the case costs one load.
+Catalogue observations are cached per case, clean conversion and catalogue, so a second failure of the case costs
+one load, and a catalogue mutant's own failure (``diagnose_planted``, for measuring accuracy) costs none. The
+catalogue is the name-based one unless a caller passes another (the structural catalogue's accuracy is measured
+against itself).
 """
 
 from __future__ import annotations
@@ -22,13 +25,13 @@ from typing import Any
 import torch
 
 from harness.family.family import Family
-from harness.mutation.planting import about
+from harness.mutation.planting import Mutant, about
 from harness.mutation.runner import CaseRun, mutants_for, plant, write_mutable
-from harness.parity.observe import BOUND, Finding, observe
+from harness.parity.observe import BOUND, Finding, Observation, observe
 from harness.parity.points import Recording, Site, points_for, record, sites
 from harness.parity.signature import Signature, similarity
 
-__all__ = ["SAME", "Diagnosis", "Match", "catalogue", "diagnose", "rank"]
+__all__ = ["SAME", "Diagnosis", "Match", "catalogue", "diagnose", "diagnose_planted", "rank"]
 
 SAME = 0.999  # signatures this alike are one class: the case cannot tell those mutants apart
 TOP = 5
@@ -73,39 +76,41 @@ class Diagnosis:
                 "matches": [vars(m) for m in self.matches], "note": self.note, "seconds": self.seconds}
 
 
-def diagnose(family: Family, run: CaseRun, model_dir: Path, workdir: Path, use_catalogue: bool = True
-             ) -> Diagnosis | None:
+def diagnose(family: Family, run: CaseRun, model_dir: Path, workdir: Path, use_catalogue: bool = True,
+             mutants: list[Mutant] | None = None) -> Diagnosis | None:
     """Diagnose the conversion in ``model_dir`` of ``run``'s source; None when every sub-module agrees.
 
     ``run`` is the case as ``harness.mutation.runner.prepare`` makes it (source, clean conversion, tokens); the
-    catalogue is planted in ``run.clean``.
+    catalogue (``mutants``; default ``mutants_for(family)``) is planted in ``run.clean``.
     """
     start = time.perf_counter()
     recording, where = _points(family, run)
     observed = observe(family, model_dir, run.tokens, recording, where, _bound())
     if not observed.signature:
         return None
-    matches = rank(observed.signature, catalogue(family, run, workdir)) if use_catalogue else []
+    matches = rank(observed.signature, catalogue(family, run, workdir, mutants)) if use_catalogue else []
     return Diagnosis(observed.finding, matches, seconds=time.perf_counter() - start, signature=observed.signature)
 
 
-def catalogue(family: Family, run: CaseRun, workdir: Path) -> list[tuple[str, str, Signature]]:
-    """(mutant, what it plants, signature) for every mutant that changes and breaks ``run``'s conversion."""
-    key = (family.name, run.name, _fingerprint(run))
-    if key not in _CATALOGUES:
-        recording, where = _points(family, run)
-        found = []
-        for mutant in mutants_for(family):
-            m = plant(mutant, run.clean)
-            if m.same_as(run.clean):
-                continue
-            with tempfile.TemporaryDirectory(dir=workdir) as d:
-                write_mutable(m, Path(d) / "hf", torch.float32)
-                sig = observe(family, Path(d) / "hf", run.tokens, recording, where, _bound()).signature
-            if sig:
-                found.append((mutant.__name__, about(mutant), sig))
-        _CATALOGUES[key] = found
-    return _CATALOGUES[key]
+def catalogue(family: Family, run: CaseRun, workdir: Path, mutants: list[Mutant] | None = None
+              ) -> list[tuple[str, str, Signature]]:
+    """(mutant, what it plants, signature) for every mutant of ``mutants`` (default ``mutants_for(family)``) that
+    changes and breaks ``run``'s conversion."""
+    return [(name, what, seen.signature) for name, (what, seen, _) in _observed(family, run, workdir, mutants).items()
+            if seen.signature]
+
+
+def diagnose_planted(family: Family, run: CaseRun, workdir: Path, mutant: str, mutants: list[Mutant]
+                     ) -> Diagnosis | None:
+    """What ``diagnose`` gives for ``mutant`` (one of ``mutants``, applicable to ``run``) planted in ``run.clean``
+    and written, from the observation the catalogue already made of it (observing is deterministic); ``seconds``
+    is what that observation took plus the ranking (plus planting the whole catalogue, on a case's first call)."""
+    start = time.perf_counter()
+    _, seen, took = _observed(family, run, workdir, mutants)[mutant]
+    if not seen.signature:
+        return None
+    matches = rank(seen.signature, catalogue(family, run, workdir, mutants))
+    return Diagnosis(seen.finding, matches, seconds=took + time.perf_counter() - start, signature=seen.signature)
 
 
 def rank(observed: Signature, candidates: list[tuple[str, str, Signature]]) -> list[Match]:
@@ -122,7 +127,7 @@ def rank(observed: Signature, candidates: list[tuple[str, str, Signature]]) -> l
     return matches[:TOP]
 
 
-_CATALOGUES: dict[tuple[str, str, str], list[tuple[str, str, Signature]]] = {}
+_OBSERVED: dict[tuple[str, str, str, tuple[str, ...]], dict[str, tuple[str, Observation, float]]] = {}
 _POINTS: dict[tuple[str, str, str], tuple[Recording, list[Site]]] = {}
 
 
@@ -132,6 +137,27 @@ def _points(family: Family, run: CaseRun) -> tuple[Recording, list[Site]]:
         recording = record(family, run.source, run.tokens)
         _POINTS[key] = recording, sites(points_for(family), recording)
     return _POINTS[key]
+
+
+def _observed(family: Family, run: CaseRun, workdir: Path, mutants: list[Mutant] | None
+              ) -> dict[str, tuple[str, Observation, float]]:
+    """Per mutant of the catalogue that changes ``run``'s conversion: what it plants, how it is observed, seconds."""
+    mutants = mutants_for(family) if mutants is None else mutants
+    key = (family.name, run.name, _fingerprint(run), tuple(m.__name__ for m in mutants))
+    if key not in _OBSERVED:
+        recording, where = _points(family, run)
+        found = {}
+        for mutant in mutants:
+            m = plant(mutant, run.clean)
+            if m.same_as(run.clean):
+                continue
+            with tempfile.TemporaryDirectory(dir=workdir) as d:
+                write_mutable(m, Path(d) / "hf", torch.float32)
+                start = time.perf_counter()
+                seen = observe(family, Path(d) / "hf", run.tokens, recording, where, _bound())
+            found[mutant.__name__] = (about(mutant), seen, time.perf_counter() - start)
+        _OBSERVED[key] = found
+    return _OBSERVED[key]
 
 
 def _bound() -> float:
