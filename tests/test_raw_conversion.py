@@ -174,6 +174,14 @@ def test_the_inverse_derived_from_a_layout_undoes_its_forward(drawn: tuple[Rule,
         assert all(torch.equal(a, b) for a, b in zip(again, out, strict=True)), (rule, shape)
 
 
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(drawn=_rule_and_input(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_shapes_planned_from_a_layout_are_the_forwards_on_meta(drawn: tuple[Rule, dict[str, int], tuple],
+                                                                dtype: torch.dtype) -> None:
+    rule, dims, shape = drawn
+    assert rule.planned([(shape, dtype)], dims) == Rule.planned(rule, [(shape, dtype)], dims), (rule, shape)
+
+
 class _Interleave(MovesData):
     """A row layout no family uses: the rows of two halves interleaved (``reshape``/``swapaxes`` only)."""
 

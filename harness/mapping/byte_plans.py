@@ -22,7 +22,6 @@ from typing import NamedTuple
 import numpy as np
 
 from harness.mapping.rules import Dims, MovesData, Rule
-from harness.mapping.rules.moves_data import output_shape
 
 __all__ = ["InterleavedRun", "PlannedPiece", "Run", "TransposedRun", "byte_plan"]
 
@@ -71,16 +70,17 @@ Run(input=0, first=3, count=1)]]
         return None
     try:
         numbers, segment = rule.segments(tuple(shapes[0]), dims)
+        out_shapes = rule.output_shapes(numbers, segment)
     except (ValueError, IndexError, KeyError, ZeroDivisionError):
         return None
     size, total = prod(segment), prod(shapes[0])
     plan = []
-    for n in numbers:
-        shape, pieces = output_shape(n.shape, segment), _pieces(n, size, total)
-        if rule.transposes:
+    for n, shape in zip(numbers, out_shapes, strict=True):
+        pieces = _pieces(n, size, total)
+        if rule.transposes:  # one run before the transpose is one transposed matrix; more go through torch
             if len(shape) != 2 or len(pieces) != 1 or not isinstance(pieces[0], Run):
                 return None
-            shape, pieces = (shape[1], shape[0]), [TransposedRun(0, pieces[0].first, *shape)]
+            pieces = [TransposedRun(0, pieces[0].first, shape[1], shape[0])]
         plan.append((shape, pieces))
     return plan
 

@@ -69,14 +69,12 @@ class Converted:
                 yield name, _region_of(out, inputs, regions) or out
 
     def plan(self) -> list[TensorSpec]:
-        import torch
-
         specs = []
         for step in self.steps:
-            metas = [self.source.meta(k) for k in step.sources]
-            inputs = [torch.empty(shape, dtype=dtype, device="meta") for shape, dtype in metas]
-            for name, out in zip(step.targets, step.run(inputs, self.dims), strict=True):
-                specs.append(TensorSpec(name, tuple(out.shape), out.dtype))
+            planned = step.rule.planned([self.source.meta(k) for k in step.sources], self.dims)
+            if len(planned) != len(step.targets):
+                raise RuntimeError(f"{step.rule!r} plans {len(planned)} tensors for {len(step.targets)} targets")
+            specs += [TensorSpec(t, shape, dtype) for t, (shape, dtype) in zip(step.targets, planned, strict=True)]
         return specs
 
 

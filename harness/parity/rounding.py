@@ -97,8 +97,8 @@ def plan_rounding(converted: Converted, stored: Mapping[str, torch.dtype]) -> Ro
         metas = [source.meta(k) for k in step.sources]
         targets = {t: stored.get(t, default) for t in step.targets}
         if not step.rule.moves_data:
-            out = step.run([torch.empty(s, dtype=d, device="meta") for s, d in metas], rounding.dims)
-            if any(d is not None and d != o.dtype for d, o in zip(targets.values(), out, strict=True)):
+            out = step.rule.planned(metas, rounding.dims)
+            if any(d is not None and d != o for d, (_, o) in zip(targets.values(), out, strict=True)):
                 rounding.computed.update(dict.fromkeys(step.sources, step))
                 rounding.stored.update({t: d for t, d in targets.items() if d is not None})
             continue

@@ -20,7 +20,7 @@ from math import prod
 from typing import TYPE_CHECKING, Any
 
 from harness.mapping import transforms
-from harness.mapping.rules.rule import Dims, Rule
+from harness.mapping.rules.rule import Dims, Meta, Rule
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,6 +63,22 @@ class MovesData(Rule):
         segment = tuple(shape[k:])
         numbers = np.arange(prod(shape[:k])).reshape(*shape[:k], *((1,) if segment else ()))
         return [np.asarray(n) for n in self.layout(numbers, dims)], segment
+
+    def output_shapes(self, numbers: list[np.ndarray], segment: Shape) -> list[Shape]:
+        """The shape of each output (after any transpose) made of the segments ``numbers`` name."""
+        shapes = [output_shape(n.shape, segment) for n in numbers]
+        if not self.transposes:
+            return shapes
+        if any(len(s) > 2 for s in shapes):
+            raise ValueError(f"{self!r} transposes matrices; its layout gave {shapes}")
+        return [s[::-1] for s in shapes]
+
+    def planned(self, inputs: list[Meta], dims: Dims) -> list[Meta]:
+        """Each output's shape from the layout run on segment numbers, in the input's dtype: the same answer the
+        byte plan places, with no torch."""
+        (shape, dtype), = inputs
+        numbers, segment = self.segments(tuple(shape), dims)
+        return [(s, dtype) for s in self.output_shapes(numbers, segment)]
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         """Each output segment put back where the layout took it from."""

@@ -14,17 +14,18 @@ this class and writes ``forward``, ``inverse`` and ``express``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.mapping.rules.pattern import Pattern
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Dims", "DimsFn", "Rule"]
+__all__ = ["Dims", "DimsFn", "Meta", "Rule"]
 
 Dims = Mapping[str, int]
 DimsFn = Callable[[Mapping[str, object]], dict[str, int]]
+Meta = tuple[tuple[int, ...], Any]  # a tensor's shape and dtype, no data
 
 
 class Rule:
@@ -58,6 +59,14 @@ class Rule:
 
     def inverse(self, tensors: list[torch.Tensor], dims: Dims) -> list[torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} states no inverse")
+
+    def planned(self, inputs: list[Meta], dims: Dims) -> list[Meta]:
+        """Each output's shape and dtype for inputs of these shapes and dtypes, before any data is read: the
+        forward run on the meta device (a data-moving rule answers from its layout)."""
+        import torch
+
+        outputs = self.forward([torch.empty(shape, dtype=dtype, device="meta") for shape, dtype in inputs], dims)
+        return [(tuple(o.shape), o.dtype) for o in outputs]
 
     def target_keys(self, binding: Mapping[str, int], dims: Dims) -> list[str]:
         return [t.format(binding) for t in self.targets]
