@@ -117,7 +117,8 @@ def _plan(args: argparse.Namespace, out: Path, work: Path) -> list[Step]:
     tiny = ["--tiny"] if args.tiny else []
     steps.append(Step("verify-source", [py, str(Path(__file__).resolve()), str(out), "--write-verify-source",
                                         str(work), *tiny], LIMITS["verify-source"]))
-    runs = [("verify-device", ["--device", device]), ("verify-cpu", ["--device", "cpu"])]
+    one = "cuda:0" if device == "cuda" else device  # a bare cuda would take a second GPU for the reference
+    runs = [("verify-device", ["--device", one]), ("verify-cpu", ["--device", "cpu"])]
     if device.startswith("cuda") and cuda_devices() > 1:  # the reference beside the converted model, a GPU each
         runs.insert(1, ("verify-two-devices", ["--device", "cuda:0", "--reference-device", "cuda:1"]))
     for name, on in runs:

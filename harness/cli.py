@@ -262,7 +262,8 @@ def _add_verify_options(parser: argparse.ArgumentParser, title: str = "verify op
                        "model's learned positions where fewer)")
     group.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default: %(default)s)")
     group.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the converted model "
-                       "runs, its units streamed to it")
+                       "runs, its units streamed to it (a bare cuda with two GPUs or more: cuda:0, and the reference "
+                       "on cuda:1 at the same time)")
     group.add_argument("--reference-device", metavar="DEVICE", help="run the family's reference on DEVICE (cpu, cuda "
                        "or cuda:N) at the same time as the converted model on --device, e.g. --device cuda:0 "
                        "--reference-device cuda:1 (default: on --device, before the converted model)")

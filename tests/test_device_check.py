@@ -86,6 +86,8 @@ def test_two_gpus_add_a_verify_with_the_reference_on_the_second(device_check: Mo
     assert list(steps).index("verify-two-devices") == list(steps).index("verify-device") + 1
     command = " ".join(map(str, steps["verify-two-devices"].argv))
     assert "--device cuda:0 --reference-device cuda:1" in command
+    # the one-GPU step names its GPU: a bare cuda would place the reference on the second by itself
+    assert "--device cuda:0 --quiet" in " ".join(map(str, steps["verify-device"].argv))
 
 
 def test_the_step_limits_fit_in_eight_minutes(device_check: ModuleType) -> None:

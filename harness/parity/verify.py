@@ -38,7 +38,7 @@ from harness.parity.precision import float64_compute
 from harness.parity.rounding import Rounding, check_rounding, plan_rounding
 from harness.parity.routing import Routers, routing_agreement
 from harness.parity.streamed_model import StreamedModel, StreamedOutput
-from harness.parity.verify_devices import check_device, side_by_side
+from harness.parity.verify_devices import check_device, placement, side_by_side
 from harness.parity.verify_inputs import read_input_ids, tokenize
 from harness.parity.verify_result import BOUNDS, EXIT, RESOLUTION, Bound, Comparison, VerifyResult, format_result
 from harness.terminal import module_progress
@@ -74,6 +74,7 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     if compute_dtype not in BOUNDS:
         raise ConversionError(f"unknown compute dtype {compute_dtype!r}; choose one of {', '.join(BOUNDS)}")
     check_device("--device", device)
+    device, reference_device = placement(device, reference_device, torch.cuda.device_count() if device == "cuda" else 0)
     if reference_device is not None:
         check_device("--reference-device", reference_device)
     ref_device = reference_device or device

@@ -19,7 +19,7 @@ from harness.errors import ConversionError
 from harness.parity.background import background
 from harness.parity.parity import cuda_skip_reason
 
-__all__ = ["check_device", "side_by_side"]
+__all__ = ["check_device", "placement", "side_by_side"]
 
 R = TypeVar("R")
 C = TypeVar("C")
@@ -41,6 +41,18 @@ def check_device(flag: str, device: str) -> None:
     count = torch.cuda.device_count()
     if where.index is not None and where.index >= count:
         raise ConversionError(f"{flag} {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+
+
+def placement(device: str, reference_device: str | None, gpus: int) -> tuple[str, str | None]:
+    """Where the converted model and the reference run: as asked; a bare ``cuda`` on a machine with ``gpus`` > 1
+    puts one side on each GPU (converted on cuda:0, reference on cuda:1), since the two then run at once.
+
+    >>> placement("cuda", None, 2), placement("cuda", None, 1), placement("cuda:0", None, 2)
+    (('cuda:0', 'cuda:1'), ('cuda', None), ('cuda:0', None))
+    """
+    if device == "cuda" and reference_device is None and gpus > 1:
+        return "cuda:0", "cuda:1"
+    return device, reference_device
 
 
 def side_by_side(reference: Callable[[], R], converted: Callable[[], C], together: bool) -> tuple[R, C]:
