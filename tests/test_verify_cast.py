@@ -86,6 +86,8 @@ def test_a_cast_conversion_with_a_fault_fails_and_names_the_sub_module(fault: st
     assert result.first_divergent == "model.layers.0"
     if unsupported() is None:
         assert result.diagnosis is not None and result.diagnosis.startswith(f"{point} ("), result.diagnosis
+        # the fault is in config.json: the fed tensors are convparity's own, rounded as this converter stored them
+        assert "its tensors are convparity's own, to the stored dtype" in result.diagnosis, result.diagnosis
 
 
 @pytest.mark.parametrize("fault", FAULTS)

@@ -41,7 +41,8 @@ class Converted:
     """A transformers config plus the recipe for every output tensor, each produced on demand.
 
     ``tensors()`` is the stream a writer consumes (and a planted bug may intercept); ``plan()`` gives every
-    output's name, shape and dtype without reading data, by running the same steps on the meta device.
+    output's name, shape and dtype without reading data (each rule's ``planned``: a data-moving rule's layout on
+    segment numbers, a computing rule's forward on the meta device).
     """
 
     config: dict[str, Any]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from harness.mutation.runner import CaseRun, mutants_for, plant, write_mutable
 from harness.parity.observe import BOUND, Finding, Observation, observe
 from harness.parity.points import Recording, Site, points_for, record, sites
 from harness.parity.signature import Signature, similarity
+from harness.parity.tensor_evidence import Difference, differences, explain, stored_tensors
 
 __all__ = ["SAME", "Diagnosis", "Match", "catalogue", "diagnose", "diagnose_planted", "rank"]
 
@@ -56,6 +58,7 @@ class Diagnosis:
     note: str = ""
     seconds: float = 0.0
     signature: Signature = field(default_factory=dict)
+    evidence: str = ""  # how the tensors that feed the sub-module differ from the clean conversion's
 
     def summary(self) -> str:
         """One line: the sub-module, then the best matches (``likely: ...; next: ...``).
@@ -64,6 +67,7 @@ class Diagnosis:
         'likely: swap_q_and_k: q/k swapped (match 0.90)'
         """
         parts = [self.finding.text()] if self.finding else []
+        parts += [self.evidence] if self.evidence else []
         if self.matches:
             parts.append("likely: " + self.matches[0].text())
             parts += [f"next: {' = '.join(m.mutants)} ({m.score:.2f})" for m in self.matches[1:3]]
@@ -88,16 +92,23 @@ def diagnose(family: Family, run: CaseRun, model_dir: Path, workdir: Path, use_c
     observed = observe(family, model_dir, run.tokens, recording, where, _bound())
     if not observed.signature:
         return None
-    matches = rank(observed.signature, catalogue(family, run, workdir, mutants)) if use_catalogue else []
-    return Diagnosis(observed.finding, matches, seconds=time.perf_counter() - start, signature=observed.signature)
+    feeds = observed.finding.feeds if observed.finding else []
+    clean, stored = {n: run.clean.tensors[n] for n in feeds if n in run.clean.tensors}, stored_tensors(model_dir, feeds)
+    matches = []
+    if use_catalogue:
+        seen = _observed(family, run, workdir, mutants)
+        matches = rank(observed.signature, catalogue(family, run, workdir, mutants),
+                       _tiers(feeds, differences(clean, stored), seen))
+    return Diagnosis(observed.finding, matches, seconds=time.perf_counter() - start, signature=observed.signature,
+                     evidence=explain(clean, stored))
 
 
 def catalogue(family: Family, run: CaseRun, workdir: Path, mutants: list[Mutant] | None = None
               ) -> list[tuple[str, str, Signature]]:
     """(mutant, what it plants, signature) for every mutant of ``mutants`` (default ``mutants_for(family)``) that
     changes and breaks ``run``'s conversion."""
-    return [(name, what, seen.signature) for name, (what, seen, _) in _observed(family, run, workdir, mutants).items()
-            if seen.signature]
+    return [(name, what, seen.signature) for name, (what, seen, _, _) in
+            _observed(family, run, workdir, mutants).items() if seen.signature]
 
 
 def diagnose_planted(family: Family, run: CaseRun, workdir: Path, mutant: str, mutants: list[Mutant]
@@ -106,28 +117,42 @@ def diagnose_planted(family: Family, run: CaseRun, workdir: Path, mutant: str, m
     and written, from the observation the catalogue already made of it (observing is deterministic); ``seconds``
     is what that observation took plus the ranking (plus planting the whole catalogue, on a case's first call)."""
     start = time.perf_counter()
-    _, seen, took = _observed(family, run, workdir, mutants)[mutant]
+    found = _observed(family, run, workdir, mutants)
+    _, seen, took, changed = found[mutant]
     if not seen.signature:
         return None
-    matches = rank(seen.signature, catalogue(family, run, workdir, mutants))
+    feeds = seen.finding.feeds if seen.finding else []
+    matches = rank(seen.signature, catalogue(family, run, workdir, mutants),
+                   _tiers(feeds, {n: d for n, d in changed.items() if n in feeds}, found))
     return Diagnosis(seen.finding, matches, seconds=took + time.perf_counter() - start, signature=seen.signature)
 
 
-def rank(observed: Signature, candidates: list[tuple[str, str, Signature]]) -> list[Match]:
-    """Classes of candidates, best match first; members of a class have signatures at least ``SAME`` alike."""
+def rank(observed: Signature, candidates: list[tuple[str, str, Signature]], tiers: Mapping[str, int] | None = None
+         ) -> list[Match]:
+    """Classes of candidates, best match first; members of a class have signatures at least ``SAME`` alike.
+
+    ``tiers`` (mutant -> 2, 1 or 0; 1 where absent) come before the signature: a mutant that changes the tensors
+    feeding the failing sub-module the way they are found changed ranks first, one that leaves them alone next,
+    one that changes them otherwise last (``_tiers``).
+    """
+    def tier(name: str) -> int:
+        return (tiers or {}).get(name, 1)
+
     scored = sorted(((similarity(observed, sig), name, what, sig) for name, what, sig in candidates),
-                    key=lambda s: -s[0])
+                    key=lambda s: (-tier(s[1]), -s[0]))
     matches, taken = [], set()
     for score, name, what, sig in scored:
         if name in taken:
             continue
-        members = [n for _, n, _, s in scored if n not in taken and similarity(sig, s) >= SAME]
+        members = [n for _, n, _, s in scored if n not in taken and tier(n) == tier(name) and
+                   similarity(sig, s) >= SAME]
         taken.update(members)
         matches.append(Match(members, what, round(score, 3)))
     return matches[:TOP]
 
 
-_OBSERVED: dict[tuple[str, str, str, tuple[str, ...]], dict[str, tuple[str, Observation, float]]] = {}
+Seen = tuple[str, Observation, float, dict[str, Difference]]  # what it plants, observed, seconds, tensors changed
+_OBSERVED: dict[tuple[str, str, str, tuple[str, ...]], dict[str, Seen]] = {}
 _POINTS: dict[tuple[str, str, str], tuple[Recording, list[Site]]] = {}
 
 
@@ -139,9 +164,9 @@ def _points(family: Family, run: CaseRun) -> tuple[Recording, list[Site]]:
     return _POINTS[key]
 
 
-def _observed(family: Family, run: CaseRun, workdir: Path, mutants: list[Mutant] | None
-              ) -> dict[str, tuple[str, Observation, float]]:
-    """Per mutant of the catalogue that changes ``run``'s conversion: what it plants, how it is observed, seconds."""
+def _observed(family: Family, run: CaseRun, workdir: Path, mutants: list[Mutant] | None) -> dict[str, Seen]:
+    """Per mutant of the catalogue that changes ``run``'s conversion: what it plants, how it is observed, seconds,
+    and how it changes the clean conversion's tensors."""
     mutants = mutants_for(family) if mutants is None else mutants
     key = (family.name, run.name, _fingerprint(run), tuple(m.__name__ for m in mutants))
     if key not in _OBSERVED:
@@ -155,9 +180,22 @@ def _observed(family: Family, run: CaseRun, workdir: Path, mutants: list[Mutant]
                 write_mutable(m, Path(d) / "hf", torch.float32)
                 start = time.perf_counter()
                 seen = observe(family, Path(d) / "hf", run.tokens, recording, where, _bound())
-            found[mutant.__name__] = (about(mutant), seen, time.perf_counter() - start)
+            found[mutant.__name__] = (about(mutant), seen, time.perf_counter() - start,
+                                      differences(run.clean.tensors, m.tensors))
         _OBSERVED[key] = found
     return _OBSERVED[key]
+
+
+def _tiers(feeds: list[str], found: Mapping[str, Difference], seen: Mapping[str, Seen]) -> dict[str, int]:
+    """Per mutant, how its planted tensors agree with ``found`` (fed tensor -> how it differs from the clean
+    conversion): 2 where it changes one of them the same kind of way, 1 where it changes none of the ``feeds``
+    (a config field, another sub-module), 0 where it changes them otherwise or changes ones found unchanged."""
+    tiers = {}
+    for name, (_, _, _, changed) in seen.items():
+        touched = {t: d for t, d in changed.items() if t in feeds}
+        same = any(t in found and found[t].kind == d.kind for t, d in touched.items())
+        tiers[name] = 2 if same else 1 if not touched else 0
+    return tiers
 
 
 def _bound() -> float:

@@ -3,7 +3,9 @@
 The reference's named points are recorded on the real source (read lazily, in float32), and the streamed model
 (one unit's weights in memory at a time) is teacher-forced through the same hooks as on tiny cases. There is no
 clean conversion of a real checkpoint to plant the catalogue in, so verify names the sub-module and the tensors
-that feed it, and says that the catalogue match needs a tiny case (``convparity check``).
+that feed it, says how those tensors differ from the ones convparity's own rules make of the same source
+(``harness.parity.tensor_evidence``: only those tensors are converted), and that the catalogue match needs a tiny
+case (``convparity check``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from harness.parity.observe import first_finding
 from harness.parity.points import points_for, record, sites, unsupported
 from harness.parity.streamed_model import StreamedModel
 from harness.parity.teacher import teacher_force
+from harness.parity.tensor_evidence import expected_tensors, explain, stored_tensors
 
 __all__ = ["NO_CATALOGUE", "localise_streamed"]
 
@@ -37,7 +40,8 @@ def localise_streamed(family: Family, checkpoint: SourceCheckpoint, model: Strea
     if found is None:
         return (f"every sub-module agrees with the reference within {bound:.1g} when fed its input; "
                 f"{NO_CATALOGUE}")
-    return f"{found.text()}; {NO_CATALOGUE}"
+    evidence = explain(expected_tensors(family, checkpoint, found.feeds), stored_tensors(model.model_dir, found.feeds))
+    return "; ".join(part for part in (found.text(), evidence, NO_CATALOGUE) if part)
 
 
 class _Forward:
