@@ -76,7 +76,7 @@ class Diagnosis:
         return "; ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"finding": None if self.finding is None else vars(self.finding),
+        return {"finding": None if self.finding is None else vars(self.finding), "evidence": self.evidence,
                 "matches": [vars(m) for m in self.matches], "note": self.note, "seconds": self.seconds}
 
 
