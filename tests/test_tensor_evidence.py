@@ -80,3 +80,21 @@ def test_verify_says_how_a_fed_tensor_differs_from_convparitys_conversion(tmp_pa
     result = verify(LLAMA, tmp_path / case / "source", out)
     assert result.verdict == "FAIL" and result.diagnosis is not None
     assert f"against convparity's own conversion: {name}: written transposed" in result.diagnosis, result.diagnosis
+
+
+def test_verify_follows_fused_parameters_back_to_the_keys_that_load_them(tmp_path: Path) -> None:
+    """transformers 5 fuses Mixtral's per-expert tensors on load: the evidence names the stored key."""
+    if unsupported() is not None:
+        pytest.skip(unsupported())
+    mixtral = families()["mixtral"]
+    case = next(iter(mixtral.cases))
+    run = prepare(mixtral, case, mixtral.all_cases()[case], tmp_path)
+    out = tmp_path / "hf"
+    write_converted(mixtral.convert(run.source), out, dtype="bfloat16")
+    path, name = out / "model.safetensors", "model.layers.0.block_sparse_moe.experts.0.w1.weight"
+    tensors = load_file(path)
+    tensors[name] = tensors[name] * 1.25
+    save_file(tensors, path, metadata={"format": "pt"})
+    result = verify(mixtral, tmp_path / case / "source", out)
+    assert result.verdict == "FAIL" and result.diagnosis is not None
+    assert f"{name}: scaled by 1.25" in result.diagnosis, result.diagnosis

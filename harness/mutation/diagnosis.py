@@ -31,7 +31,8 @@ from harness.mutation.runner import CaseRun, mutants_for, plant, write_mutable
 from harness.parity.observe import BOUND, Finding, Observation, observe
 from harness.parity.points import Recording, Site, points_for, record, sites
 from harness.parity.signature import Signature, similarity
-from harness.parity.tensor_evidence import Difference, differences, explain, stored_tensors
+from harness.parity.streamed_model import StreamedModel
+from harness.parity.tensor_evidence import Difference, differences, explain, feeding_keys, stored_tensors
 
 __all__ = ["SAME", "Diagnosis", "Match", "catalogue", "diagnose", "diagnose_planted", "rank"]
 
@@ -93,14 +94,16 @@ def diagnose(family: Family, run: CaseRun, model_dir: Path, workdir: Path, use_c
     if not observed.signature:
         return None
     feeds = observed.finding.feeds if observed.finding else []
-    clean, stored = {n: run.clean.tensors[n] for n in feeds if n in run.clean.tensors}, stored_tensors(model_dir, feeds)
+    keys = feeding_keys(feeds, StreamedModel(model_dir, loading=family.loading).renamed) if feeds else []
+    stored = stored_tensors(model_dir, keys)
+    clean = {k: run.clean.tensors[k] for k in stored if k in run.clean.tensors}
     matches = []
     if use_catalogue:
         seen = _observed(family, run, workdir, mutants)
         matches = rank(observed.signature, catalogue(family, run, workdir, mutants),
-                       _tiers(feeds, differences(clean, stored), seen))
+                       _tiers(keys, differences(clean, stored), seen))
     return Diagnosis(observed.finding, matches, seconds=time.perf_counter() - start, signature=observed.signature,
-                     evidence=explain(clean, stored))
+                     evidence=explain(clean, stored, len(stored)))
 
 
 def catalogue(family: Family, run: CaseRun, workdir: Path, mutants: list[Mutant] | None = None
@@ -121,9 +124,9 @@ def diagnose_planted(family: Family, run: CaseRun, workdir: Path, mutant: str, m
     _, seen, took, changed = found[mutant]
     if not seen.signature:
         return None
-    feeds = seen.finding.feeds if seen.finding else []
+    keys = feeding_keys(seen.finding.feeds, _renamed(family, run, workdir)) if seen.finding else []
     matches = rank(seen.signature, catalogue(family, run, workdir, mutants),
-                   _tiers(feeds, {n: d for n, d in changed.items() if n in feeds}, found))
+                   _tiers(keys, {n: d for n, d in changed.items() if n in keys}, found))
     return Diagnosis(seen.finding, matches, seconds=took + time.perf_counter() - start, signature=seen.signature)
 
 
@@ -186,13 +189,27 @@ def _observed(family: Family, run: CaseRun, workdir: Path, mutants: list[Mutant]
     return _OBSERVED[key]
 
 
-def _tiers(feeds: list[str], found: Mapping[str, Difference], seen: Mapping[str, Seen]) -> dict[str, int]:
-    """Per mutant, how its planted tensors agree with ``found`` (fed tensor -> how it differs from the clean
-    conversion): 2 where it changes one of them the same kind of way, 1 where it changes none of the ``feeds``
-    (a config field, another sub-module), 0 where it changes them otherwise or changes ones found unchanged."""
+def _renamed(family: Family, run: CaseRun, workdir: Path) -> dict[str, str]:
+    """Checkpoint key -> the parameter it loads into, for ``run``'s clean conversion (cached per case)."""
+    key = (family.name, run.name, _fingerprint(run))
+    if key not in _RENAMED:
+        with tempfile.TemporaryDirectory(dir=workdir) as d:
+            write_mutable(run.clean, Path(d) / "hf", torch.float32)
+            _RENAMED[key] = StreamedModel(Path(d) / "hf", loading=family.loading).renamed
+    return _RENAMED[key]
+
+
+_RENAMED: dict[tuple[str, str, str], dict[str, str]] = {}
+
+
+def _tiers(keys: list[str], found: Mapping[str, Difference], seen: Mapping[str, Seen]) -> dict[str, int]:
+    """Per mutant, how its planted tensors agree with ``found`` (checkpoint key feeding the sub-module -> how it
+    differs from the clean conversion): 2 where it changes one of them the same kind of way, 1 where it changes none
+    of the ``keys`` (a config field, another sub-module), 0 where it changes them otherwise or changes ones found
+    unchanged."""
     tiers = {}
     for name, (_, _, _, changed) in seen.items():
-        touched = {t: d for t, d in changed.items() if t in feeds}
+        touched = {t: d for t, d in changed.items() if t in keys}
         same = any(t in found and found[t].kind == d.kind for t, d in touched.items())
         tiers[name] = 2 if same else 1 if not touched else 0
     return tiers

@@ -20,7 +20,7 @@ from harness.parity.observe import first_finding
 from harness.parity.points import points_for, record, sites, unsupported
 from harness.parity.streamed_model import StreamedModel
 from harness.parity.teacher import teacher_force
-from harness.parity.tensor_evidence import expected_tensors, explain, stored_tensors
+from harness.parity.tensor_evidence import expected_tensors, explain, feeding_keys, stored_tensors
 
 __all__ = ["NO_CATALOGUE", "localise_streamed"]
 
@@ -40,7 +40,9 @@ def localise_streamed(family: Family, checkpoint: SourceCheckpoint, model: Strea
     if found is None:
         return (f"every sub-module agrees with the reference within {bound:.1g} when fed its input; "
                 f"{NO_CATALOGUE}")
-    evidence = explain(expected_tensors(family, checkpoint, found.feeds), stored_tensors(model.model_dir, found.feeds))
+    keys = feeding_keys(found.feeds, model.renamed)
+    stored = stored_tensors(model.model_dir, keys)
+    evidence = explain(expected_tensors(family, checkpoint, list(stored)), stored, len(stored))
     return "; ".join(part for part in (found.text(), evidence, NO_CATALOGUE) if part)
 
 

@@ -21,7 +21,8 @@ from harness.family.family import Family
 from harness.mapping.conversion import SourceCheckpoint
 from harness.parity.checkpoint_files import read_tensors, weight_files
 
-__all__ = ["Difference", "compare", "differences", "explain", "expected_tensors", "relation", "stored_tensors"]
+__all__ = ["Difference", "compare", "differences", "explain", "expected_tensors", "feeding_keys", "relation",
+           "stored_tensors"]
 
 
 class Difference(NamedTuple):
@@ -68,21 +69,38 @@ def compare(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor
     return [f"{name}: {how.text}" for name, how in differences(expected, got).items()]
 
 
-def explain(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> str:
-    """One clause for a diagnosis line: which fed tensors differ from convparity's and how, or that none does.
+def explain(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], feeds: int | None = None) -> str:
+    """One clause for a diagnosis line: which fed tensors differ from convparity's and how, or that none does;
+    ``feeds``, how many tensors feed the sub-module, where some could not be compared (stored under other names).
 
     >>> w = torch.tensor([0.5, -0.25, 0.125])  # a norm weight
     >>> explain({"a": w}, {"a": w + 1})
     "against convparity's own conversion: a: offset by +1 (a norm's unit offset added or dropped)"
     >>> explain({"a": w}, {"a": w.bfloat16()})
     "its tensors are convparity's own, to the stored dtype: look at config.json or the model code"
+    >>> explain({"a": w}, {"a": w}, feeds=3)
+    "the 1 of its 3 tensors stored under convparity's names are convparity's own, to the stored dtype"
     """
-    if not any(name in got for name in expected):
+    compared = sum(name in got for name in expected)
+    if not compared:
         return ""
     differ = compare(expected, got)
-    if not differ:
-        return "its tensors are convparity's own, to the stored dtype: look at config.json or the model code"
-    return "against convparity's own conversion: " + "; ".join(differ)
+    if differ:
+        return "against convparity's own conversion: " + "; ".join(differ)
+    if feeds is not None and feeds > compared:
+        return (f"the {compared} of its {feeds} tensors stored under convparity's names are convparity's own, to "
+                "the stored dtype")
+    return "its tensors are convparity's own, to the stored dtype: look at config.json or the model code"
+
+
+def feeding_keys(feeds: list[str], renamed: Mapping[str, str]) -> list[str]:
+    """The checkpoint keys whose tensors load into the parameters ``feeds`` (``renamed``: checkpoint key -> the
+    parameter it loads into; transformers renames some and fuses others, Mixtral's experts), with ``feeds``.
+
+    >>> feeding_keys(["mlp.experts.gate_up_proj"], {"moe.experts.0.w1.weight": "mlp.experts.gate_up_proj"})
+    ['mlp.experts.gate_up_proj', 'moe.experts.0.w1.weight']
+    """
+    return sorted(set(feeds) | {key for key, param in renamed.items() if param in feeds})
 
 
 def stored_tensors(model_dir: Path, names: list[str]) -> dict[str, torch.Tensor]:
