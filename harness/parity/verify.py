@@ -33,13 +33,13 @@ from harness.mapping.conversion import SourceCheckpoint
 from harness.parity.localise import localise_streamed
 from harness.parity.metrics import TORCH_DTYPES
 from harness.parity.observe import BOUND
-from harness.parity.parity import UpcastTensors, make_tokens
+from harness.parity.parity import UpcastTensors
 from harness.parity.precision import float64_compute
 from harness.parity.rounding import Rounding, check_rounding, plan_rounding
 from harness.parity.routing import Routers, routing_agreement
 from harness.parity.streamed_model import StreamedModel, StreamedOutput
 from harness.parity.verify_devices import check_device, placement, side_by_side
-from harness.parity.verify_inputs import read_input_ids, tokenize
+from harness.parity.verify_inputs import fitted_tokens, read_input_ids, tokenize
 from harness.parity.verify_result import BOUNDS, EXIT, RESOLUTION, Bound, Comparison, VerifyResult, format_result
 from harness.terminal import module_progress
 
@@ -83,7 +83,7 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     checkpoint = family.read(source, config=config, **options)
     model = StreamedModel(converted, device=device, dtype=TORCH_DTYPES[compute_dtype], loading=family.loading,
                           prefetch=prefetch)
-    tokens, inputs = _tokens(model, tokens, inputs, batch, seq_len, seed)
+    tokens, inputs = fitted_tokens(model.model.config, model.model_dir, tokens, inputs, batch, seq_len, seed)
     lengths = list(lengths) if lengths is not None else [tokens.shape[1]] * tokens.shape[0]
     where = device if reference_device is None else f"{device}, reference on {reference_device}"
     result = VerifyResult(family.name, str(source), str(converted), where, compute_dtype, inputs, list(tokens.shape))
@@ -129,37 +129,6 @@ def verify(family: Family, source: Path, converted: Path, *, tokens: torch.Tenso
     result.seconds = time.perf_counter() - start
     result.peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result
-
-
-def _tokens(model: StreamedModel, tokens: torch.Tensor | None, inputs: str, batch: int, seq_len: int | None,
-            seed: int) -> tuple[torch.Tensor, str]:
-    """The given ids, checked against the model's vocabulary and position limit, or random ones that fit both."""
-    cfg = model.model.config
-    vocab = int(cfg.vocab_size)
-    limit = _position_limit(cfg)
-    if tokens is None:
-        if seq_len is not None and limit is not None and seq_len > limit:
-            raise ConversionError(f"--seq-len {seq_len} is beyond the {limit} positions of {model.model_dir} "
-                                  f"(learned position embeddings); choose at most {limit}")
-        seq_len = seq_len or min(32, limit or 32)
-        tokens, inputs = make_tokens(vocab, batch, seq_len, seed), f"random token ids (seed {seed}, below {vocab})"
-    if int(tokens.max()) >= vocab:
-        raise ConversionError(f"token id {int(tokens.max())} is outside the vocabulary of {model.model_dir} "
-                              f"({vocab} ids)")
-    if limit is not None and tokens.shape[1] > limit:
-        raise ConversionError(f"{tokens.shape[1]} tokens per sequence are beyond the {limit} positions of "
-                              f"{model.model_dir} (learned position embeddings); pass at most {limit}")
-    return tokens, inputs
-
-
-def _position_limit(cfg: Any) -> int | None:
-    """How many positions a model with learned position embeddings has (None where positions are computed)."""
-    if getattr(cfg, "position_embedding_type", "absolute") != "absolute" or "rope" in str(cfg.to_dict()):
-        return None
-    for name in ("n_positions", "max_position_embeddings"):
-        if isinstance(getattr(cfg, name, None), int):
-            return int(getattr(cfg, name))
-    return None
 
 
 def _rounding(family: Family, checkpoint: SourceCheckpoint, model: StreamedModel, result: VerifyResult) -> Rounding:

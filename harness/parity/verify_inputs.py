@@ -1,4 +1,5 @@
-"""Token ids for ``convparity verify``: read from a file, or made by the converted directory's own tokenizer."""
+"""Token ids for ``convparity verify``: read from a file, made by the converted directory's own tokenizer, or drawn at
+random; every one checked to fit the model's vocabulary and positions."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 import torch
 
 from harness.errors import ConversionError
+from harness.parity.parity import make_tokens
 
-__all__ = ["read_input_ids", "tokenize"]
+__all__ = ["fitted_tokens", "position_limit", "read_input_ids", "tokenize"]
 
 
 def read_input_ids(path: Path) -> tuple[torch.Tensor, list[int]]:
@@ -66,3 +68,34 @@ def tokenize(converted: Path, texts: Sequence[str]) -> tuple[torch.Tensor, list[
 def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
     width = max(map(len, rows))  # right padding: a causal model's earlier positions never see it
     return torch.tensor([r + [0] * (width - len(r)) for r in rows]), [len(r) for r in rows]
+
+
+def fitted_tokens(cfg: Any, where: Path, tokens: torch.Tensor | None, inputs: str, batch: int, seq_len: int | None,
+                  seed: int) -> tuple[torch.Tensor, str]:
+    """The given ids, checked against the vocabulary and position limit of the model in ``where`` (``cfg``, its
+    transformers config), or random ones that fit both; with how they were made."""
+    vocab = int(cfg.vocab_size)
+    limit = position_limit(cfg)
+    if tokens is None:
+        if seq_len is not None and limit is not None and seq_len > limit:
+            raise ConversionError(f"--seq-len {seq_len} is beyond the {limit} positions of {where} "
+                                  f"(learned position embeddings); choose at most {limit}")
+        seq_len = seq_len or min(32, limit or 32)
+        tokens, inputs = make_tokens(vocab, batch, seq_len, seed), f"random token ids (seed {seed}, below {vocab})"
+    if int(tokens.max()) >= vocab:
+        raise ConversionError(f"token id {int(tokens.max())} is outside the vocabulary of {where} "
+                              f"({vocab} ids)")
+    if limit is not None and tokens.shape[1] > limit:
+        raise ConversionError(f"{tokens.shape[1]} tokens per sequence are beyond the {limit} positions of "
+                              f"{where} (learned position embeddings); pass at most {limit}")
+    return tokens, inputs
+
+
+def position_limit(cfg: Any) -> int | None:
+    """How many positions a model with learned position embeddings has (None where positions are computed)."""
+    if getattr(cfg, "position_embedding_type", "absolute") != "absolute" or "rope" in str(cfg.to_dict()):
+        return None
+    for name in ("n_positions", "max_position_embeddings"):
+        if isinstance(getattr(cfg, name, None), int):
+            return int(getattr(cfg, name))
+    return None
