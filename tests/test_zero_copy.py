@@ -36,6 +36,20 @@ def test_safetensors_regions_hold_the_tensor_bytes(tmp_path: Path) -> None:
     assert {k: torch.equal(r.mapped(), state[k]) for k, r in store.regions.items()} == {"w": True, "h": True}
 
 
+def test_a_region_is_read_into_fresh_memory_bit_for_bit_and_a_short_file_is_an_error(tmp_path: Path) -> None:
+    state = {"w": torch.randn(7, 5), "h": torch.randn(3).half(), "b": torch.randn(4, 2).bfloat16()}
+    save_file(state, tmp_path / "x.safetensors")
+    regions = open_safetensors(tmp_path / "x.safetensors").regions
+    for name, region in regions.items():
+        got = region.read()
+        assert got.dtype == state[name].dtype and torch.equal(got, state[name]), name
+        assert got.untyped_storage().data_ptr() != region.mapped().untyped_storage().data_ptr()
+    beyond = FileRegion(tmp_path / "x.safetensors", (tmp_path / "x.safetensors").stat().st_size - 8, (4,),
+                        torch.float32)
+    with pytest.raises(OSError, match="ends inside a tensor"):
+        beyond.read()
+
+
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "buffered"])
 def test_copy_region_is_exact_with_and_without_the_kernel(tmp_path: Path, kernel: bool,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,6 +53,25 @@ class FileRegion:
         flat = torch.empty(0, dtype=torch.uint8).set_(storage, self.offset, (self.nbytes,), (1,))
         return flat.view(dtype).view(self.shape) if self.nbytes else torch.empty(self.shape, dtype=dtype)
 
+    def read(self) -> torch.Tensor:
+        """The tensor in fresh memory, its bytes read with ``preadv`` straight into it: one copy, from the page
+        cache (safetensors' own slicing measured 2-3x slower for the same bytes), and no file pages mapped."""
+        import torch
+
+        out = torch.empty(self.shape, dtype=as_torch(self.dtype))
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < self.nbytes:
+                got = os.preadv(fd, [view[done: done + _COPY_CHUNK]], self.offset + done)
+                if got == 0:
+                    raise OSError(errno.EIO, f"{self.path} ends inside a tensor", str(self.path))
+                done += got
+        finally:
+            os.close(fd)
+        return out
+
     def sub(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> FileRegion:
         """The region of a tensor that lies ``offset`` bytes into this one."""
         return FileRegion(self.path, self.offset + offset, tuple(shape), dtype)

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 
 from harness.errors import ConversionError
+from harness.io.file_regions import FileRegion
+from harness.io.safetensors_index import index_safetensors
+from harness.io.stored_tensor import NotIndexableError
 from harness.io.tensor_store import load_pickle, safetensors_dtypes
 
 __all__ = ["by_file", "read_tensors", "stored_dtypes", "weight_files"]
@@ -52,12 +55,25 @@ def by_file(files: dict[str, Any], keys: list[str]) -> Iterator[tuple[Path | Non
 
 def read_tensors(files: dict[str, Any], keys: list[str]) -> dict[str, torch.Tensor]:
     """The tensors of ``keys`` in memory, as stored: every byte read here, none left for whoever loads them
-    (a memory-mapped .bin tensor is copied out of its map; tensors already held are returned as they are)."""
+    (a safetensors tensor read into fresh memory from its region, a memory-mapped .bin tensor copied out of its map;
+    tensors already held are returned as they are)."""
     out = {}
     for path, found in by_file(files, keys):
+        regions = _regions(path) if path is not None and path.suffix == ".safetensors" else {}
         for key, t in found.items():
-            out[key] = t if path is None else t.clone() if torch.is_tensor(t) else t[...]
+            region = regions.get(key)
+            out[key] = t if path is None else region.read() if region is not None else (
+                t.clone() if torch.is_tensor(t) else t[...])
     return out
+
+
+def _regions(path: Path) -> dict[str, FileRegion]:
+    """The byte region of each tensor of a safetensors file, from its header; none where the index declines it
+    (then safetensors reads the file, and refuses it with its own message)."""
+    try:
+        return {k: t.region for k, t in index_safetensors(path).items() if t.region is not None}
+    except NotIndexableError:
+        return {}
 
 
 def _open(path: Path) -> Any:
