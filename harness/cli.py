@@ -229,8 +229,9 @@ _VERIFY_ABOUT = """\
 Run the family's original forward pass over SOURCE and the converted model over CONVERTED on the same
 tokens; compare the logits and every block's output. Both sides stream: the reference reads each source
 tensor when it needs it, the converted model is built empty and loaded one block at a time through
-transformers' own loading (the next block read from disk while one runs), so memory stays near two blocks
-and nothing is written. The bound is a multiple of the reference's own drift, measured in the same run.
+transformers' own loading, so memory stays near one block (two on a GPU, where the next block is read from
+disk while one runs) and nothing is written. The bound is a multiple of the reference's own drift, measured
+in the same run.
 
 A conversion that also casts (float32 weights stored as bfloat16) is judged as a cast: the reference reads the
 source rounded to the stored dtypes exactly as a correct conversion rounds it (round to nearest even), and is
